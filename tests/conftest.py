@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny models built offline, and real vLLM engines over them.
+
+Engines are session-scoped and cached per process by `get_engine`, so every test that asks
+for the ChatML engine shares one (engine start is ~20 s on these CPUs).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+MODEL_CACHE = Path(os.environ.get("ROOST_TEST_MODELS", Path(__file__).resolve().parents[1] / ".cache" / "test-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chatml_path() -> Path:
+    from roost.tiny_model import TinyModelSpec, build_tiny_model
+
+    return build_tiny_model(MODEL_CACHE / "tiny-chatml", TinyModelSpec(style="chatml"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_path() -> Path:
+    from roost.tiny_model import TinyModelSpec, build_tiny_model
+
+    return build_tiny_model(MODEL_CACHE / "tiny-llama3", TinyModelSpec(style="llama3"))
+
+
+@pytest.fixture(scope="session")
+def chatml_engine(tiny_chatml_path):
+    from roost.engines import EngineConfig, get_engine
+
+    return get_engine(EngineConfig(model=str(tiny_chatml_path), max_model_len=1024, seed=0))
+
+
+@pytest.fixture(scope="session")
+def llama3_engine(tiny_llama3_path):
+    from roost.engines import EngineConfig, get_engine
+
+    return get_engine(EngineConfig(model=str(tiny_llama3_path), max_model_len=1024, seed=0))
