@@ -1,0 +1,202 @@
+"""Write a dataset as Hub-style Parquet shards, atomically, with provenance and rejects.
+
+Layout of an output directory:
+
+    data/{split}-00000-of-00004.parquet      rows that passed (what `datasets` / the Hub load)
+    rejects/{split}-00000-of-00004.parquet   rows kept out, each with stage and reason
+    manifest.json                            what made it: model, revision, sampling, seed,
+                                             recipe and its hash, roost version, counts
+
+A shard is one unit of work. Its data file appears only by `os.replace` of a finished temp
+file, so it is either absent or whole; its presence is what marks the shard done. The rejects
+file is written first, so a finished shard always has its rejects beside it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from roost import __version__
+from roost.schemas import REJECT, RowSchema
+
+METADATA_KEY = b"roost"
+
+
+@dataclass
+class Reject:
+    stage: str
+    reason: str
+    record: Any
+    id: str | None = None
+    detail: str | None = None
+    duplicate_of: str | None = None
+
+    def as_row(self) -> dict:
+        return {
+            "id": self.id,
+            "stage": self.stage,
+            "reason": self.reason,
+            "detail": self.detail,
+            "duplicate_of": self.duplicate_of,
+            "record": json.dumps(self.record, ensure_ascii=False, default=str),
+        }
+
+
+@dataclass
+class ShardStats:
+    name: str
+    rows: int
+    rejects: int
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_table(path: Path, table: pa.Table) -> None:
+    """Parquet to a hidden temp file in a scratch dir, fsync, then rename into place."""
+    scratch = path.parent.parent / ".roost-tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    tmp = scratch / f"{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    return f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
+
+
+class DatasetWriter:
+    def __init__(self, root: str | Path, schema: RowSchema, *, split: str = "train", num_shards: int):
+        self.root = Path(root)
+        self.schema = schema
+        self.split = split
+        self.num_shards = num_shards
+
+    def data_path(self, index: int) -> Path:
+        return self.root / "data" / shard_name(self.split, index, self.num_shards)
+
+    def rejects_path(self, index: int) -> Path:
+        return self.root / "rejects" / shard_name(self.split, index, self.num_shards)
+
+    def is_done(self, index: int) -> bool:
+        return self.data_path(index).exists()
+
+    def pending(self) -> list[int]:
+        return [i for i in range(self.num_shards) if not self.is_done(i)]
+
+    def write_shard(
+        self,
+        index: int,
+        rows: Iterable[dict],
+        rejects: Iterable[Reject],
+        provenance: dict[str, Any],
+        extra_stats: dict[str, Any] | None = None,
+    ) -> ShardStats:
+        """Validate rows, write rejects then data. Invalid rows join the rejects."""
+        good, bad = self.validate(rows)
+        rejects = list(rejects) + bad
+        seen: set[str] = set()
+        unique = []
+        for row in good:
+            if row["id"] in seen:
+                rejects.append(Reject("write", "duplicate_id_in_shard", row, id=row["id"]))
+                continue
+            seen.add(row["id"])
+            unique.append(row)
+        by_reason = dict(Counter(r.reason for r in rejects))
+        stats = ShardStats(
+            name=shard_name(self.split, index, self.num_shards),
+            rows=len(unique),
+            rejects=len(rejects),
+            rejects_by_reason=by_reason,
+            extra=extra_stats or {},
+        )
+        shard_meta = {"provenance": provenance, "shard": stats.__dict__}
+        reject_table = pa.Table.from_pylist([r.as_row() for r in rejects], schema=REJECT)
+        atomic_write_table(self.rejects_path(index), _with_meta(reject_table, shard_meta))
+        table = pa.Table.from_pylist(unique, schema=self.schema.arrow)
+        atomic_write_table(self.data_path(index), _with_meta(table, shard_meta))
+        return stats
+
+    def validate(self, rows: Iterable[dict]) -> tuple[list[dict], list[Reject]]:
+        good, bad = [], []
+        for row in rows:
+            problem = self.schema.problem(row)
+            if problem:
+                bad.append(Reject("schema", "invalid_row", row, id=row.get("id"), detail=problem))
+            else:
+                good.append(row)
+        return good, bad
+
+    def shard_stats(self, index: int) -> ShardStats:
+        meta = read_roost_metadata(self.data_path(index))
+        return ShardStats(**meta["shard"])
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_bytes(self.root / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        path = self.root / "manifest.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def _with_meta(table: pa.Table, meta: dict) -> pa.Table:
+    existing = table.schema.metadata or {}
+    return table.replace_schema_metadata({**existing, METADATA_KEY: json.dumps(meta, default=str).encode()})
+
+
+def read_roost_metadata(path: str | Path) -> dict[str, Any]:
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+
+
+def base_manifest(kind: str, recipe: dict, recipe_hash: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "roost_version": __version__,
+        "kind": kind,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe_hash": recipe_hash,
+        "recipe": recipe,
+        **fields,
+    }
+
+
+def summarize(stats: list[ShardStats]) -> dict[str, Any]:
+    by_reason: Counter = Counter()
+    for s in stats:
+        by_reason.update(s.rejects_by_reason)
+    return {
+        "rows": sum(s.rows for s in stats),
+        "rejects": sum(s.rejects for s in stats),
+        "rejects_by_reason": dict(by_reason),
+        "shards": {s.name: {"rows": s.rows, "rejects": s.rejects, "rejects_by_reason": s.rejects_by_reason, **s.extra} for s in stats},
+    }
