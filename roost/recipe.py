@@ -1,0 +1,124 @@
+"""Recipes: YAML files validated by pydantic. A bad recipe is one clear line, exit code 2."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from roost.engines.vllm_engine import EngineConfig
+
+
+class RecipeError(ValueError):
+    """Raised with a one-line message naming the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    max_tokens: int = Field(512, ge=1, le=131072)
+
+
+class WeightedPrompt(_Strict):
+    text: str = Field(min_length=1)
+    weight: float = Field(1.0, gt=0.0)
+
+
+class MagpieConfig(_Strict):
+    n_turns: int = Field(1, ge=1, le=16)
+    # One prompt, or a weighted mix {key: {text, weight}} (or {key: text}, weight 1).
+    system_prompt: str | dict[str, WeightedPrompt | str] | None = None
+    include_system_prompt: bool = False
+    task: Literal["math", "code", "translation"] | None = None
+    language: str | None = Field(None, min_length=2)
+    pre_query_template: str = "auto"
+    instruction: SamplingConfig = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=512)
+    response: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=1024)
+    extra_stop: list[str] = Field(default_factory=list)
+    min_instruction_chars: int = Field(8, ge=1)
+    max_rounds: int = Field(3, ge=1, le=20)
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _non_empty_mix(cls, v):
+        if isinstance(v, dict) and not v:
+            raise ValueError("a system prompt mix needs at least one entry")
+        return v
+
+
+class OutputConfig(_Strict):
+    num_rows: int = Field(ge=1)
+    shard_size: int = Field(1000, ge=1)
+    split: str = Field("train", pattern=r"^[A-Za-z0-9_]+$")
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_rows // self.shard_size)
+
+    def shard_rows(self, index: int) -> int:
+        return min(self.shard_size, self.num_rows - index * self.shard_size)
+
+
+class Recipe(_Strict):
+    name: str = Field(min_length=1)
+    synthesizer: Literal["magpie"]
+    model: EngineConfig
+    output: OutputConfig
+    magpie: MagpieConfig = MagpieConfig()
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the data; throughput knobs are left out."""
+        data = self.model_dump(mode="json")
+        data["model"].pop("throughput", None)
+        data.pop("name", None)
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load and validate. `overrides` are dotted keys from the CLI, e.g. {"model.model": "..."}."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of fields")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted, value)
+    return validate_recipe(raw, str(path))
+
+
+def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(root)"
+        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise RecipeError(f"{source}: field '{field}': {err['msg']}{more}") from None
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[leaf] = value
