@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -182,7 +183,8 @@ def _completion(c) -> Completion:
 
 
 def _progress_bar(desc: str | None):
-    if not desc:
+    # Live bars only on a terminal: piped into a log, rich redraws would repeat every line.
+    if not desc or not sys.stderr.isatty():
         return False
     from functools import partial
 

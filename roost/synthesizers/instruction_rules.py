@@ -32,6 +32,20 @@ class Empty(Filter):
         return Drop(self.name) if not row["text"].strip() else None
 
 
+class BrokenText(Filter):
+    """Undecodable bytes (U+FFFD) or control characters: a tokenizer-level failure."""
+
+    def __init__(self, reason: str = "broken_text"):
+        self.name = reason
+
+    def check(self, row):
+        text = row["text"]
+        if "\ufffd" in text:
+            return Drop(self.name, "contains U+FFFD (invalid UTF-8)")
+        bad = next((c for c in text if unicodedata.category(c) == "Cc" and c not in "\n\t\r"), None)
+        return Drop(self.name, f"control character {bad!r}") if bad else None
+
+
 class TooShort(Filter):
     name = "too_short"
 

@@ -101,6 +101,7 @@ class MagpieSynthesizer:
             [
                 rules.Truncated(),
                 rules.Empty(),
+                rules.BrokenText(),
                 rules.TooShort(self.config.min_instruction_chars),
                 rules.NotARequest(),
                 rules.TemplateLeak(self.markers.stop),
@@ -126,7 +127,11 @@ class MagpieSynthesizer:
     def _assistant_turn(self, convs, rejects, label) -> list[Conversation]:
         prompts = [self._response_prompt(c) for c in convs]
         gens = self.engine.generate(prompts, self.response_sampling, progress=label) if prompts else []
-        step = FilterStep([rules.Truncated("response_truncated"), rules.Empty("empty_response")], "magpie.response")
+        step = FilterStep([
+                rules.Truncated("response_truncated"),
+                rules.Empty("empty_response"),
+                rules.BrokenText("broken_response"),
+            ], "magpie.response")
         survivors = []
         for conv, gen in zip(convs, gens):
             completion = gen.completions[0]

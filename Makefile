@@ -1,0 +1,17 @@
+# Two commands for a new machine: `make demo` (end-to-end offline demo) and `make test`.
+.PHONY: setup demo test bench clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	HF_HUB_OFFLINE=1 .venv/bin/roost demo
+
+test: setup
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
+
+bench: setup
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_magpie.py
+
+clean:
+	rm -rf out .cache
