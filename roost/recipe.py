@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,6 +11,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from roost.engines.vllm_engine import EngineConfig
+
+
+# pydantic puts union branch names into error locations ("str", "WeightedPrompt", ...)
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|(dict|list|union|function-\w+)\[.*|function-.*|[A-Z]\w*)$")
 
 
 class RecipeError(ValueError):
@@ -109,7 +114,7 @@ def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(root)"
+        field = ".".join(str(p) for p in err["loc"] if not _TYPE_TAG.match(str(p))) or "(root)"
         more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise RecipeError(f"{source}: field '{field}': {err['msg']}{more}") from None
 

@@ -56,12 +56,14 @@ class MagpieSynthesizer:
         self.instruction_sampling = _sampling(config.instruction, stop, self.markers.stop_token_ids)
         self.response_sampling = _sampling(config.response, self.markers.stop, self.markers.stop_token_ids)
         self.system_prompts = self._system_prompt_choices()
+        self._generated_tokens = 0
 
     # -- public ---------------------------------------------------------------------------
 
     def generate(self, quota: int, rng: random.Random, *, label: str = "") -> ShardOutput:
         """Up to `quota` finished conversations, plus the rejects met on the way."""
         started = time.perf_counter()
+        self._generated_tokens = 0
         rows: list[dict] = []
         rejects: list[Reject] = []
         dedup = rules.DuplicateInstruction()
@@ -78,6 +80,7 @@ class MagpieSynthesizer:
             "seconds": round(time.perf_counter() - started, 3),
             "input_tokens": sum(r["input_tokens"] for r in rows),
             "output_tokens": sum(r["output_tokens"] for r in rows),
+            "generated_tokens": self._generated_tokens,  # including turns that were rejected
             "system_prompt_keys": dict(Counter(r["system_prompt_key"] for r in rows if r["system_prompt_key"])),
         }
         return ShardOutput(rows, rejects, stats)
@@ -135,6 +138,7 @@ class MagpieSynthesizer:
         survivors = []
         for conv, gen in zip(convs, gens):
             completion = gen.completions[0]
+            self._generated_tokens += completion.n_tokens
             text = completion.text.strip()
             drop = step.first_drop({"text": text, "finish_reason": completion.finish_reason})
             if drop:
@@ -158,6 +162,7 @@ class MagpieSynthesizer:
         for prompt, gen in zip(unique, gens):
             for i, completion in zip(groups[prompt], gen.completions):
                 out[i] = completion
+                self._generated_tokens += completion.n_tokens
         return out  # type: ignore[return-value]
 
     # -- prompts --------------------------------------------------------------------------

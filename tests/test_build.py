@@ -1,0 +1,193 @@
+"""The build end to end: Prefect flow, Parquet output, manifest, resume after a kill, bad recipes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from roost.cli import app
+from roost.recipe import load_recipe
+from roost.schemas import SFT_ROWS
+from roost.writer import DatasetWriter, Reject, read_roost_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _recipe(tmp_path, model_path, **output) -> Path:
+    data = {
+        "name": "test-build",
+        "synthesizer": "magpie",
+        # same engine identity as the conftest fixture, so the process reuses that engine
+        "model": {"model": str(model_path), "max_model_len": 1024, "seed": 0},
+        "output": {"num_rows": 30, "shard_size": 10, **output},
+        "magpie": {
+            "max_rounds": 6,
+            "instruction": {"temperature": 1.0, "max_tokens": 64},
+            "response": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 96},
+        },
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _all_ids(out: Path) -> list[str]:
+    return [i for f in sorted((out / "data").glob("*.parquet")) for i in pq.read_table(f).column("id").to_pylist()]
+
+
+def test_flow_writes_hub_style_shards_with_provenance_and_resumes(tmp_path, chatml_engine, tiny_chatml_path):
+    from roost.flows.build import build_flow
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_chatml_path))
+    out = tmp_path / "out"
+    manifest = build_flow(recipe, str(out))
+
+    files = sorted(p.name for p in (out / "data").iterdir())
+    assert files == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert sorted(p.name for p in (out / "rejects").iterdir()) == files
+    assert manifest["status"] == "complete"
+    ids = _all_ids(out)
+    assert manifest["rows"] == len(ids) > 0 and len(set(ids)) == len(ids)
+
+    # provenance: manifest and every shard's Parquet metadata
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["recipe_hash"] == recipe.fingerprint()
+    assert on_disk["revision"].startswith("local-sha256:")
+    assert on_disk["sampling"]["instruction"]["max_tokens"] == 64
+    assert on_disk["roost_version"] and on_disk["seed"] == 0 and on_disk["recipe"]["name"] == "test-build"
+    meta = read_roost_metadata(out / "data" / files[0])
+    assert meta["provenance"]["recipe_hash"] == recipe.fingerprint()
+
+    # the datasets library loads it as is
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    assert len(ds) == len(ids) and ds[0]["messages"][0]["role"] == "user"
+
+    # re-running skips every finished shard and rewrites nothing
+    mtimes = {f: (out / "data" / f).stat().st_mtime_ns for f in files}
+    again = build_flow(recipe, str(out))
+    assert again["skipped_shards"] == 3
+    assert {f: (out / "data" / f).stat().st_mtime_ns for f in files} == mtimes
+    assert _all_ids(out) == ids
+
+
+def test_output_of_another_recipe_is_refused(tmp_path, tiny_chatml_path):
+    recipe = _recipe(tmp_path, tiny_chatml_path)
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "manifest.json").write_text(json.dumps({"recipe_hash": "something-else"}))
+    result = CliRunner().invoke(app, ["build", str(recipe), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "different recipe" in result.output
+
+
+def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chatml_path):
+    recipe = _recipe(tmp_path, tiny_chatml_path, num_rows=60, shard_size=10)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "roost.cli", "build", str(recipe), "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "data" / "train-00000-of-00006.parquet"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.exists(), "first shard never appeared"
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: CLI and vLLM engine processes
+    proc.wait()
+    done_before = sorted(p.name for p in (out / "data").glob("*.parquet"))
+    assert len(done_before) < 6, "killed too late to test resuming"
+    mtimes = {f: (out / "data" / f).stat().st_mtime_ns for f in done_before}
+    # no half-written file is visible where readers look
+    assert all(not p.name.startswith(".") for p in (out / "data").iterdir())
+
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"skipped {len(done_before)} finished shard(s)" in result.stdout
+    assert len(list((out / "data").glob("*.parquet"))) == 6
+    assert {f: (out / "data" / f).stat().st_mtime_ns for f in done_before} == mtimes
+    ids = _all_ids(out)
+    assert len(ids) == len(set(ids))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["rows"] == len(ids)
+
+
+def test_invalid_rows_go_to_rejects_on_write(tmp_path):
+    from roost.schemas import row_id
+
+    good_msgs = [{"role": "user", "content": "Hi there?"}, {"role": "assistant", "content": "Hello."}]
+    good = {"id": row_id(good_msgs), "messages": good_msgs}
+    swapped = [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Hi there?"}]
+    rows = [
+        good,
+        {"id": row_id(swapped), "messages": swapped},
+        {"id": "not-the-hash", "messages": good_msgs},
+        {**good, "n_turns": "two"},
+        {"messages": good_msgs},
+    ]
+    writer = DatasetWriter(tmp_path, SFT_ROWS, num_shards=1)
+    stats = writer.write_shard(0, rows, [Reject("magpie.instruction", "empty", {"raw_text": ""})], {})
+    assert stats.rows == 1
+    assert stats.rejects_by_reason == {"invalid_row": 4, "empty": 1}
+    rejects = pq.read_table(writer.rejects_path(0)).to_pylist()
+    details = " | ".join(r["detail"] or "" for r in rejects)
+    assert "expected role 'user'" in details
+    assert "id: does not match content" in details
+    assert "type error" in details
+    assert "missing required field(s): id" in details
+
+
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"magpie": {"instruction": {"temperature": -1}}}, "magpie.instruction.temperature"),
+        ({"output": {"num_rows": 0}}, "output.num_rows"),
+        ({"magpie": {"n_turn": 2}}, "magpie.n_turn"),
+        ({"synthesizer": "magpi"}, "synthesizer"),
+        ({"magpie": {"system_prompt": {"a": {"text": "x", "weight": 0}}}}, "magpie.system_prompt"),
+        ({"model": {"seed": "abc"}}, "model.seed"),
+    ],
+)
+def test_bad_recipe_is_one_line_naming_the_field_exit_2(tmp_path, patch, field):
+    data = yaml.safe_load((REPO / "recipes" / "magpie.yaml").read_text())
+    for key, value in patch.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, dict) and isinstance(data[key].get(k), dict):
+                    data[key][k].update(v)
+                else:
+                    data[key][k] = v
+        else:
+            data[key] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["build", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(" ".join(lines)) < 300
+    assert f"field '{field}" in " ".join(lines)
+
+
+def test_unreadable_recipes_exit_2(tmp_path):
+    bad_yaml = tmp_path / "broken.yaml"
+    bad_yaml.write_text("name: [unclosed\n")
+    for path, needle in ((bad_yaml, "not valid YAML"), (tmp_path / "missing.yaml", "no such file")):
+        result = CliRunner().invoke(app, ["build", str(path)])
+        assert result.exit_code == 2 and needle in result.output
+
+
+def test_shipped_recipes_are_valid():
+    for path in (REPO / "recipes").glob("*.yaml"):
+        if "curate" in path.name:
+            continue
+        recipe = load_recipe(path)
+        assert recipe.output.num_shards >= 1
