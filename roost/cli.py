@@ -13,6 +13,9 @@ from rich.table import Table
 
 from roost.recipe import RecipeError, load_recipe
 
+# Prefect's ephemeral server would try to send telemetry; these machines (and many clusters) are offline.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize and curate LLM alignment data.")
 console = Console(stderr=True)
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +57,64 @@ def build(
     except OutputMismatch as e:
         _fail(str(e))
     _print_build_summary(manifest, out_dir)
+
+
+@app.command()
+def curate(
+    input: str = typer.Argument(..., help="roost output dir, Parquet file/dir/glob, or hf://<dataset id>"),
+    out: Path = typer.Option(..., help="output directory"),
+    recipe: Optional[Path] = typer.Option(None, help="curation recipe YAML (options below override it)"),
+    split: Optional[str] = typer.Option(None, help="split to read and write (default train)"),
+    exact_field: Optional[str] = typer.Option(None, help="exact dedup key: first_instruction or conversation"),
+    semantic: Optional[bool] = typer.Option(None, "--semantic/--no-semantic", help="semantic dedup on/off"),
+    threshold: Optional[float] = typer.Option(None, help="semantic dedup: cosine similarity that counts as duplicate"),
+    embedding_model: Optional[str] = typer.Option(None, help="sentence-transformers model (default: bundled all-MiniLM-L6-v2)"),
+    scorer: Optional[str] = typer.Option(None, help="one model for both deita scores (turns scoring on)"),
+    complexity_model: Optional[str] = typer.Option(None, help="deita complexity scorer (turns scoring on)"),
+    quality_model: Optional[str] = typer.Option(None, help="deita quality scorer (turns scoring on)"),
+    budget: Optional[int] = typer.Option(None, help="select at most this many rows, best deita score first (turns selection on)"),
+    tau: Optional[float] = typer.Option(None, help="selection: max cosine similarity to an already selected row"),
+    shard_size: Optional[int] = typer.Option(None, help="rows per output shard"),
+) -> None:
+    """Deduplicate, score and select rows of a dataset; removed rows go to rejects/ with reasons."""
+    from roost.build import OutputMismatch
+    from roost.recipe import load_curate_recipe
+    from roost.sources import SourceError
+
+    scoring_on = True if (scorer or complexity_model or quality_model) else None
+    overrides = {
+        "input.path": input, "input.split": split, "exact_dedup.field": exact_field,
+        "semantic_dedup.enabled": semantic, "semantic_dedup.threshold": threshold,
+        "semantic_dedup.model": embedding_model, "scoring.enabled": scoring_on,
+        "scoring.complexity_model": complexity_model or scorer, "scoring.quality_model": quality_model or scorer,
+        "selection.enabled": True if budget else None, "selection.budget": budget, "selection.tau": tau,
+        "shard_size": shard_size,
+    }
+    try:
+        rec = load_curate_recipe(recipe, overrides)
+    except RecipeError as e:
+        _fail(str(e))
+    from roost.flows.curate import curate_flow
+
+    try:
+        manifest = curate_flow(rec, str(out))
+    except (OutputMismatch, SourceError, ValueError) as e:
+        _fail(str(e).splitlines()[0])
+    _print_curate_summary(manifest, out)
+
+
+def _print_curate_summary(manifest: dict, out_dir: Path) -> None:
+    out = Console()
+    if manifest.get("skipped"):
+        out.print(f"already curated with this recipe: {out_dir} (nothing to do)")
+    table = Table(title="roost curate", show_header=True)
+    for col in ("stage", "in", "kept", "removed"):
+        table.add_column(col)
+    for st in manifest["stages"]:
+        table.add_row(st["name"], str(st["rows_in"]), str(st["kept"]), json.dumps(st["removed"]) if st["removed"] else "")
+    out.print(table)
+    out.print(f"input rows: {manifest['input_rows']}  output rows: {manifest['rows']}  rejects: {manifest['rejects']}")
+    out.print(f"data: {out_dir / 'data'}  rejects: {out_dir / 'rejects'}  manifest: {out_dir / 'manifest.json'}")
 
 
 @app.command()

@@ -127,3 +127,101 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
             node[key] = {}
         node = node[key]
     node[leaf] = value
+
+
+# -- curation ---------------------------------------------------------------------------------
+
+
+class CurateInput(_Strict):
+    path: str | None = None  # roost output dir, Parquet file/dir/glob, or hf://<dataset id>
+    split: str = "train"
+    messages_column: str = "messages"
+    instruction_column: str = "instruction"
+    response_column: str = "response"
+    id_column: str = "id"
+    score_column: str | None = None  # an existing score to prefer when choosing dedup survivors
+    batch_size: int = Field(4096, ge=1)  # rows per read batch (memory bound, not in the hash)
+
+
+class HeuristicsConfig(_Strict):
+    enabled: bool = True
+    min_instruction_chars: int | None = Field(3, ge=0)
+    max_instruction_chars: int | None = Field(8192, ge=1)
+    min_response_chars: int | None = Field(1, ge=0)
+    max_response_chars: int | None = Field(32768, ge=1)
+    ngram: int = Field(3, ge=1)
+    max_repeated_ngram_fraction: float = Field(0.3, gt=0, le=1)
+    not_a_request: bool = True
+
+
+class ExactDedupConfig(_Strict):
+    enabled: bool = True
+    field: Literal["first_instruction", "conversation"] = "first_instruction"
+
+
+class SemanticDedupConfig(_Strict):
+    enabled: bool = True
+    field: Literal["first_instruction", "conversation"] = "first_instruction"
+    model: str | None = None  # sentence-transformers name or path; default: bundled all-MiniLM-L6-v2
+    threshold: float = Field(0.9, gt=0, le=1)  # cosine similarity at or above which rows duplicate
+    k: int = Field(16, ge=1)
+    index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    embed_batch_size: int = Field(256, ge=1)
+
+
+class ScoringConfig(_Strict):
+    enabled: bool = False
+    complexity_model: str | None = None  # e.g. hkust-nlp/deita-complexity-scorer
+    quality_model: str | None = None  # e.g. hkust-nlp/deita-quality-scorer
+    dtype: str = "auto"
+    max_model_len: int = Field(2048, ge=16)
+    overflow: Literal["truncate", "null"] = "truncate"
+    batch_size: int = Field(2048, ge=1)  # conversations per engine call
+
+
+class SelectionConfig(_Strict):
+    enabled: bool = False
+    budget: int | None = Field(None, ge=1)
+    tau: float = Field(0.9, gt=0, le=1)  # max cosine similarity to any already-kept row
+
+
+class CurateRecipe(_Strict):
+    name: str = "curate"
+    input: CurateInput = CurateInput()
+    shard_size: int = Field(100_000, ge=1)
+    heuristics: HeuristicsConfig = HeuristicsConfig()
+    exact_dedup: ExactDedupConfig = ExactDedupConfig()
+    semantic_dedup: SemanticDedupConfig = SemanticDedupConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    selection: SelectionConfig = SelectionConfig()
+
+    def fingerprint(self) -> str:
+        data = self.model_dump(mode="json")
+        data.pop("name", None)
+        data["input"].pop("batch_size", None)
+        data["semantic_dedup"].pop("embed_batch_size", None)
+        data["scoring"].pop("batch_size", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_curate_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurateRecipe:
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise RecipeError(f"{path}: no such file") from None
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path}: a recipe must be a mapping of fields")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted, value)
+    try:
+        return CurateRecipe.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"] if not _TYPE_TAG.match(str(p))) or "(root)"
+        raise RecipeError(f"{path or 'options'}: field '{field}': {err['msg']}") from None

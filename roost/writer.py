@@ -148,11 +148,18 @@ class DatasetWriter:
         return stats
 
     def validate(self, rows: Iterable[dict]) -> tuple[list[dict], list[Reject]]:
+        """Rows that pass the schema's checks, and a Reject for each that does not."""
+        rows = list(rows)
+        try:  # fast path: the whole batch converts, so only the per-row checks remain
+            pa.Table.from_pylist(rows, schema=self.schema.arrow)
+            problem = self.schema.semantic_problem
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            problem = self.schema.problem
         good, bad = [], []
         for row in rows:
-            problem = self.schema.problem(row)
-            if problem:
-                bad.append(Reject("schema", "invalid_row", row, id=row.get("id"), detail=problem))
+            reason = problem(row)
+            if reason:
+                bad.append(Reject("schema", "invalid_row", row, id=row.get("id"), detail=reason))
             else:
                 good.append(row)
         return good, bad

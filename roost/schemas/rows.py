@@ -124,12 +124,16 @@ class RowSchema:
     arrow: pa.Schema
     check: Callable[[dict], str | None] = field(default=lambda row: None)
 
-    def problem(self, row: dict) -> str | None:
-        """Why this row must not be written, or None. Types are checked by pyarrow itself."""
+    def semantic_problem(self, row: dict) -> str | None:
+        """Required fields and the checks pyarrow cannot express (roles, ids, ...)."""
         missing = [f.name for f in self.arrow if not f.nullable and row.get(f.name) is None]
         if missing:
             return f"missing required field(s): {', '.join(missing)}"
-        reason = self.check(row)
+        return self.check(row)
+
+    def problem(self, row: dict) -> str | None:
+        """Why this row must not be written, or None (including its types, checked by pyarrow)."""
+        reason = self.semantic_problem(row)
         if reason:
             return reason
         try:

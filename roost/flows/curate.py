@@ -1,0 +1,22 @@
+"""Prefect flow for `roost curate`: thin wiring over roost.curate.
+
+Curation is one task: dedup and selection are global over the whole input, and the stages
+share in-memory state (embeddings, decisions) that is cheaper to keep than to persist.
+"""
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from roost.curate import curate
+from roost.recipe import CurateRecipe
+
+
+@task(name="curate", cache_policy=NO_CACHE)
+def curate_task(recipe: CurateRecipe, out: str, progress: bool = True) -> dict:
+    return curate(recipe, out, progress=progress)
+
+
+@flow(name="roost-curate", log_prints=True)
+def curate_flow(recipe: CurateRecipe, out: str, progress: bool = True) -> dict:
+    return curate_task(recipe, out, progress)
