@@ -302,7 +302,7 @@ class Curation:
                 kept.append(self._output_row(pos, row))
                 flush("data")
             else:
-                rejects.append(Reject(fate.stage, fate.reason, row, id=_row_id_or_none(row, self.cols.id),
+                rejects.append(Reject(fate.stage, fate.reason, row, id=self._reject_id(row),
                                       detail=fate.detail, duplicate_of=fate.duplicate_of))
                 flush("rejects")
             self._advance(task, 1)
@@ -342,6 +342,11 @@ class Curation:
             out[self.cols.id] = row_id(conv)
         out.update(self.tags.get(pos, {}))
         return out
+
+    def _reject_id(self, row: dict) -> str | None:
+        """The id the row would have had in the output (None if it is not a conversation)."""
+        conv, problem = to_conversation(row, self.form, self.cols)
+        return None if problem else _external_id(row, self.cols.id, conv)
 
     def _has_priority(self) -> bool:
         return self.recipe.input.score_column is not None
@@ -458,11 +463,6 @@ def _embed_text(field_name: str) -> Callable[[dict], str]:
 def _external_id(row: dict, id_column: str, conv: list[dict]) -> str:
     value = row.get(id_column)
     return str(value) if value not in (None, "") else row_id(conv)
-
-
-def _row_id_or_none(row: dict, id_column: str) -> str | None:
-    value = row.get(id_column)
-    return str(value) if value not in (None, "") else None
 
 
 def _priority(row: dict, column: str | None) -> float | None:

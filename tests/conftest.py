@@ -12,6 +12,15 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def pytest_configure(config):
+    # Prefect's console log handler binds to the sys.stderr it first sees. Set it up now, on
+    # pytest's stream, not inside a CliRunner invocation whose stream is closed afterwards.
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
 
 MODEL_CACHE = Path(os.environ.get("ROOST_TEST_MODELS", Path(__file__).resolve().parents[1] / ".cache" / "test-models"))
 

@@ -1,0 +1,145 @@
+"""Curation end to end: real sentence-transformers, real FAISS, real vLLM scorer, real Parquet."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from roost.cli import app
+from roost.curate import curate
+from roost.recipe import CurateRecipe
+from roost.schemas import MESSAGES
+
+
+def conv(q: str, a: str = "Here is a careful and complete answer to that question.") -> list[dict]:
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+
+ROWS = [
+    # 0..3 distinct, clean
+    {"messages": conv("How do I reverse a list in Python?"), "source": "a"},
+    {"messages": conv("What is the capital of France?"), "source": "a"},
+    {"messages": conv("Explain photosynthesis to a ten year old."), "source": "b"},
+    {"messages": conv("Write a haiku about autumn leaves."), "source": "b"},
+    # 4: exact duplicate of 0 after normalization (case, whitespace)
+    {"messages": conv("how do I   REVERSE a list in python?", "A different answer, still long enough."), "source": "c"},
+    # 5: paraphrase of 1 (semantic duplicate)
+    {"messages": conv("What's the capital city of France?"), "source": "c"},
+    # 6..9: bad input
+    {"messages": None, "source": "bad"},
+    {"messages": [], "source": "bad"},
+    {"messages": [{"role": "assistant", "content": "I start."}, {"role": "user", "content": "Odd order?"}], "source": "bad"},
+    {"messages": [{"role": "user", "content": "   "}, {"role": "assistant", "content": "Empty question."}], "source": "bad"},
+    # 10: heuristics: not a request
+    {"messages": conv("Here is my text:"), "source": "d"},
+]
+
+SCHEMA = pa.schema([pa.field("messages", MESSAGES), pa.field("source", pa.string())])
+
+
+@pytest.fixture()
+def input_path(tmp_path) -> Path:
+    path = tmp_path / "input.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS, schema=SCHEMA), path)
+    return path
+
+
+def _read(out: Path, kind: str) -> list[dict]:
+    return [r for f in sorted((out / kind).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def test_dedup_and_filters_keep_one_per_group_and_lose_nothing(tmp_path, input_path):
+    recipe = CurateRecipe.model_validate({"input": {"path": str(input_path), "batch_size": 4},
+                                          "semantic_dedup": {"threshold": 0.85}})
+    out = tmp_path / "out"
+    manifest = curate(recipe, out, progress=False)
+    rows, rejects = _read(out, "data"), _read(out, "rejects")
+
+    assert len(rows) + len(rejects) == len(ROWS) == manifest["input_rows"]
+    kept_questions = [r["messages"][0]["content"] for r in rows]
+    assert kept_questions == [ROWS[i]["messages"][0]["content"] for i in (0, 1, 2, 3)]  # input order, first wins
+    assert all(r["source"] in {"a", "b"} for r in rows)  # input columns are kept
+
+    by_source = {}
+    for r in rejects:
+        by_source.setdefault(json.loads(r["record"])["source"], []).append(r)
+    ids = {r["messages"][0]["content"]: r["id"] for r in rows}
+    (exact,) = [r for r in by_source["c"] if r["reason"] == "exact_duplicate"]
+    assert exact["duplicate_of"] == ids["How do I reverse a list in Python?"]
+    (semantic,) = [r for r in by_source["c"] if r["reason"] == "semantic_duplicate"]
+    assert semantic["duplicate_of"] == ids["What is the capital of France?"]
+    assert "cosine" in semantic["detail"]
+    assert sorted(r["reason"] for r in by_source["bad"]) == ["bad_input"] * 4
+    assert [r["reason"] for r in by_source["d"]] == ["not_a_request"]
+
+    # Magpie's tags on every output row, pointing at real rows (kept or removed)
+    all_ids = set(ids.values()) | {r["id"] for r in rejects if r["id"]}
+    assert semantic["id"] and exact["id"]
+    for r in rows:
+        assert r["min_neighbor_distance"] is not None and r["repeat_count"] >= 0
+        assert r["nearest_id"] in all_ids and r["nearest_id"] != r["id"]
+    france = next(r for r in rows if r["id"] == ids["What is the capital of France?"])
+    assert france["repeat_count"] == 1  # its paraphrase, found before removal
+    assert france["nearest_similarity"] >= 0.85
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert stages["validate"]["removed"] == {"bad_input": 4}
+    assert stages["exact_dedup"]["removed"] == {"exact_duplicate": 1}
+    assert stages["semantic_dedup"]["removed"] == {"semantic_duplicate": 1}
+    assert stages["semantic_dedup"]["settings"]["index"] == "flat"
+
+
+def test_instruction_response_columns_and_missing_columns(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"instruction": ["Name three primes.", None, "Name three primes."],
+                             "response": ["2, 3 and 5 are prime numbers.", "x", "2, 3, 5."]}), path)
+    out = tmp_path / "out"
+    recipe = CurateRecipe.model_validate({"input": {"path": str(path)}, "semantic_dedup": {"enabled": False}})
+    manifest = curate(recipe, out, progress=False)
+    assert manifest["rows"] == 1 and manifest["rejects_by_reason"] == {"bad_input": 1, "exact_duplicate": 1}
+    (row,) = _read(out, "data")
+    assert row["instruction"] == "Name three primes." and row["id"]
+
+    wrong = tmp_path / "wrong.parquet"
+    pq.write_table(pa.table({"text": ["hello"]}), wrong)
+    result = CliRunner().invoke(app, ["curate", str(wrong), "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 2
+    assert "neither a 'messages' column nor an 'instruction' column" in result.output
+
+
+def test_scores_selection_rerun_and_mismatch(tmp_path, input_path, chatml_engine, tiny_chatml_path):
+    out = tmp_path / "out"
+    model = str(tiny_chatml_path)
+    args = ["curate", str(input_path), "--out", str(out), "--scorer", model, "--budget", "2", "--tau", "0.9"]
+    # same identity as the session engine fixture (max_model_len 1024) so the engine is reused
+    recipe_path = tmp_path / "curate.yaml"
+    recipe_path.write_text("scoring: {max_model_len: 1024}\n")
+    result = CliRunner().invoke(app, [*args, "--recipe", str(recipe_path)])
+    assert result.exit_code == 0, result.output
+    rows, rejects = _read(out, "data"), _read(out, "rejects")
+    assert len(rows) == 2
+    for r in rows:
+        c, q = r["complexity_scores"], r["quality_scores"]
+        assert len(c) == len(q) == 1 and 1.0 <= c[0] <= 6.0 and 1.0 <= q[0] <= 6.0
+        assert r["deita_score"] == pytest.approx(c[0] * q[0])
+    over = [r for r in rejects if r["reason"] in {"over_budget", "too_similar_to_selected"}]
+    assert len(over) == 2  # 4 rows survived dedup, 2 selected
+    assert sorted(r["selection_rank"] for r in rows) == [0, 1]  # the two best scores
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["scoring"]["complexity"]["method"] == "deita-expected-score"
+
+    again = CliRunner().invoke(app, [*args, "--recipe", str(recipe_path)])
+    assert again.exit_code == 0 and "already curated" in again.output
+
+    other = CliRunner().invoke(app, [*args[:-4], "--budget", "3", "--recipe", str(recipe_path)])
+    assert other.exit_code == 2 and "different dataset" in other.output
+
+
+def test_bad_curation_options_exit_2(tmp_path, input_path):
+    result = CliRunner().invoke(app, ["curate", str(input_path), "--out", str(tmp_path / "o"), "--threshold", "1.5"])
+    assert result.exit_code == 2 and "semantic_dedup.threshold" in result.output
+    result = CliRunner().invoke(app, ["curate", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no such file" in result.output
