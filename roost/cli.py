@@ -145,7 +145,7 @@ def demo(
     out: Path = typer.Option(Path("out/demo"), help="output directory"),
     num_rows: int = typer.Option(200, help="rows to generate"),
 ) -> None:
-    """Offline end-to-end demo: build the tiny model, run the Magpie recipe on it."""
+    """Offline end-to-end demo: build the tiny model, run Magpie on it, then curate the result."""
     from roost.tiny_model import TinyModelSpec, build_tiny_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -156,7 +156,13 @@ def demo(
     model_path = build_tiny_model(REPO / ".cache" / "models" / "tiny-chatml", TinyModelSpec(style="chatml"))
     build(
         recipe=REPO / "recipes" / "magpie-demo.yaml", model=str(model_path), revision=None,
-        out=out, num_rows=num_rows, shard_size=None, seed=None,
+        out=out / "magpie", num_rows=num_rows, shard_size=None, seed=None,
+    )
+    console.print("[yellow]Curating it: dedup, deita scores (from the same tiny model, so noise too), selection.[/]")
+    curate(
+        input=str(out / "magpie"), out=out / "curated", recipe=REPO / "recipes" / "curate-demo.yaml",
+        split=None, exact_field=None, semantic=None, threshold=None, embedding_model=None,
+        scorer=str(model_path), complexity_model=None, quality_model=None, budget=None, tau=None, shard_size=None,
     )
 
 

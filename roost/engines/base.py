@@ -75,6 +75,11 @@ class Engine(Protocol):
     ) -> list[Generation]:
         """Complete raw prompt strings (already templated; no special tokens are added)."""
 
+    def chat(
+        self, conversations: Sequence[Sequence[dict]], sampling: Sampling | Sequence[Sampling], *, progress: str | None = None
+    ) -> list[Generation]:
+        """Generate the next assistant turn of each conversation through the model's chat template."""
+
     def choice_logprobs(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[list[float] | None]:
         """Log-probabilities of `token_ids` at the first generated position, renormalized over
         exactly those tokens; None for a prompt where any of them was not returned."""

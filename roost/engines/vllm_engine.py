@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from roost.engines.base import Completion, Generation, Sampling
+from roost.engines.base import Completion, Generation, Sampling, render_chat
 
 # Fields that change what the model outputs. Throughput-only knobs (memory, batch limits)
 # live in `EngineConfig.throughput` and never enter a recipe hash or a cache key.
@@ -113,6 +113,17 @@ class VLLMEngine:
             )
             for prompt, out in zip(prompts, outputs)
         ]
+
+    def chat(
+        self,
+        conversations: Sequence[Sequence[dict]],
+        sampling: Sampling | Sequence[Sampling],
+        *,
+        progress: str | None = None,
+    ) -> list[Generation]:
+        """Generate the next assistant turn of each conversation, through the chat template."""
+        prompts = [render_chat(self.tokenizer, c, add_generation_prompt=True) for c in conversations]
+        return self.generate(prompts, sampling, progress=progress)
 
     def choice_logprobs(
         self, prompts: Sequence[str], token_ids: Sequence[int], *, progress: str | None = None

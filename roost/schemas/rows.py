@@ -89,7 +89,7 @@ def check_messages(messages: Any, *, name: str = "messages", must_end_with: str 
             return f"{name}[{i}]: expected role {expected!r}, got {m['role']!r}"
         expected = "assistant" if expected == "user" else "user"
     if must_end_with and messages[-1]["role"] != must_end_with:
-        return f"{name}: must end with a {must_end_with} message"
+        return f"{name}: last message must have role {must_end_with!r}"
     return None
 
 
