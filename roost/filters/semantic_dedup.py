@@ -41,7 +41,8 @@ spherical k-means, nlist = 4*sqrt(n)). For an approximate index (`"ivf"` or `"hn
 search parameter (nprobe / efSearch) is *calibrated at build time*: a random sample of rows is
 searched exactly, and the parameter is raised until the approximate index finds >=
 `target_recall` (0.99) of the exact duplicate pairs (sim >= threshold within the exact top-k)
-of that sample. Chosen parameter, measured recall and pair count go into `settings`.
+of that sample (one step further when the sample holds fewer than 500 pairs, since it cannot
+resolve a 1% miss rate). Chosen parameter, measured recall and pair count go into `settings`.
 GPU FAISS is used for flat and IVF when `faiss.get_num_gpus() > 0`. Search runs in batches of
 `batch_size` queries; memory is the index (one copy of the embeddings) plus the pairs found.
 """
@@ -210,6 +211,13 @@ class _Searcher:
                     break
             if chosen is None:
                 chosen = steps[-1]
+            elif n_pairs < self.min_pairs and chosen != steps[-1]:
+                # a small sample cannot resolve 1% misses: take one step more (cheap: the
+                # coarse search, not the probed cells, dominates at small nprobe)
+                chosen = steps[steps.index(chosen) + 1]
+                self._set_param(chosen)
+                recall = len(truth & self._pairs(self.index, qi)) / n_pairs
+                tried.append((chosen, round(recall, 5)))
         self._set_param(chosen)
         self.settings.update(
             calibration_queries=int(q),
