@@ -14,27 +14,39 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from roost import __version__
 from roost.build import OutputMismatch
 from roost.filters.base import FilterStep
-from roost.filters.exact_dedup import KEY_BUILDERS, exact_dedup
-from roost.filters.heuristics import LengthFilter, NotARequestFilter, RepeatedNgramFilter, first_instruction
+from roost.filters.exact_dedup import KEY_BUILDERS, dedup_digests
+from roost.filters.heuristics import (
+    LengthFilter,
+    NotARequestFilter,
+    RepeatedNgramFilter,
+    first_instruction,
+)
 from roost.recipe import CurateRecipe
 from roost.schemas import RowSchema, row_id
 from roost.sources import Columns, Source, open_source, to_conversation
 from roost.writer import (
+    REJECT,
     DatasetWriter,
     Reject,
-    REJECT,
-    atomic_write_table,
+    ShardedOutput,
     base_manifest,
     shard_name,
 )
@@ -58,22 +70,28 @@ SELECTION_FIELDS = [
 
 
 @dataclass
-class Fate:
-    stage: str
-    reason: str
-    detail: str | None = None
-    duplicate_of: str | None = None
-
-
-@dataclass
 class Survivors:
-    """What pass 1 keeps about the rows that are still in, indexed 0..n-1 in input order."""
+    """Rows still in, as arrays (no per-row Python objects outlive a read batch: with 1M rows,
+    millions of small long-lived strings would fragment the heap and grow memory with N).
 
-    position: list[int] = field(default_factory=list)  # row number in the input
-    ids: list[str] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)  # hash of the normalized exact-dedup key
-    priority: list[float | None] = field(default_factory=list)
+    `p1` indexes the rows that passed pass 1; their ids live in `Curation.p1_ids`."""
+
+    p1: np.ndarray  # int64 index into pass-1 rows
+    position: np.ndarray  # int64 row number in the input
+    digests: np.ndarray  # (n, 16) uint8: hash of the normalized exact-dedup key
+    priority: np.ndarray  # float64, NaN = none
     embeddings: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.p1)
+
+    def subset(self, keep) -> Survivors:
+        keep = np.asarray(keep, dtype=np.int64)
+        return Survivors(self.p1[keep], self.position[keep], self.digests[keep], self.priority[keep],
+                         self.embeddings[keep] if self.embeddings is not None else None)
+
+    def priorities(self) -> list[float | None]:
+        return [None if math.isnan(v) else float(v) for v in self.priority]
 
 
 @dataclass
@@ -83,6 +101,40 @@ class Stage:
     kept: int
     removed: dict[str, int]
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+class Ledger:
+    """Per input row: why it was removed (a code), and the tag columns it gets. Columnar."""
+
+    NAN_TAGS = ("min_neighbor_distance", "nearest_similarity", "deita_score", "nearest_kept_similarity", "similarity")
+    INT_TAGS = ("repeat_count", "nearest_p1", "selection_rank", "duplicate_of_p1")
+
+    def __init__(self, total: int):
+        self.codes: list[tuple[str, str]] = [("", "")]  # code 0: still in
+        self.fate = np.zeros(total, dtype=np.int16)
+        self.details: dict[int, str] = {}  # only for reasons whose detail is row-specific text
+        self.arrays = {name: np.full(total, np.nan) for name in self.NAN_TAGS}
+        self.arrays.update({name: np.full(total, -1, dtype=np.int64) for name in self.INT_TAGS})
+        self.score_lists: dict[int, tuple[list, list, str | None]] = {}
+
+    def code(self, stage: str, reason: str) -> int:
+        if (stage, reason) not in self.codes:
+            self.codes.append((stage, reason))
+        return self.codes.index((stage, reason))
+
+    def remove(self, positions, stage: str, reason: str) -> None:
+        self.fate[np.asarray(positions, dtype=np.int64)] = self.code(stage, reason)
+
+    def counts(self, stage: str | None = None) -> dict[str, int]:
+        hist = np.bincount(self.fate, minlength=len(self.codes))
+        return {r: int(hist[c]) for c, (st, r) in enumerate(self.codes)
+                if c and hist[c] and (stage is None or st == stage)}
+
+    def get(self, name: str, pos: int):
+        v = self.arrays[name][pos]
+        if isinstance(v, np.floating):
+            return None if math.isnan(v) else float(v)
+        return None if v < 0 else int(v)
 
 
 class Curation:
@@ -95,10 +147,10 @@ class Curation:
             recipe.input.response_column, recipe.input.id_column,
         )
         self.form = self.cols.check(source.schema)
-        self.fates: dict[int, Fate] = {}
         self.stages: list[Stage] = []
-        self.tags: dict[int, dict[str, Any]] = {}  # input position -> new column values
         self.total = 0
+        self.ledger: Ledger | None = None
+        self.p1_ids: pa.ChunkedArray | None = None
         self.embedder_info: dict[str, Any] | None = None
         self.scorer_info: dict[str, Any] | None = None
         self._progress = _progress_bar() if progress else None
@@ -110,8 +162,8 @@ class Curation:
             survivors = self.read_and_filter()
             survivors = self.exact(survivors)
             survivors = self.semantic(survivors)
-            scores = self.score(survivors)
-            survivors = self.select(survivors, scores)
+            self.score(survivors)
+            survivors = self.select(survivors)
             return self.write(survivors)
 
     def read_and_filter(self) -> Survivors:
@@ -121,52 +173,69 @@ class Curation:
         key_fn = KEY_BUILDERS[cfg.exact_dedup.field]
         embed_fn = _embed_text(cfg.semantic_dedup.field)
         embedder = self._embedder() if (cfg.semantic_dedup.enabled or cfg.selection.enabled) else None
-        s, chunks = Survivors(), []
-        bad = filtered = 0
+        kept = {"position": [], "ids": [], "digests": [], "priority": [], "embeddings": []}
+        removed: list[tuple[int, str, str, str | None]] = []
         task = self._task("read, filter, embed")
         for batch in self.source.batches(cfg.input.batch_size):
-            texts = []
+            pos_b, ids_b, dig_b, pri_b, texts = [], [], [], [], []
             for row in batch:
                 pos, self.total = self.total, self.total + 1
                 conv, problem = to_conversation(row, self.form, self.cols)
                 if problem:
-                    self.fates[pos] = Fate("validate", "bad_input", problem)
-                    bad += 1
+                    removed.append((pos, "validate", "bad_input", problem))
                     continue
                 view = {"messages": conv}
                 drop = heuristics.first_drop(view) if heuristics else None
                 if drop:
-                    self.fates[pos] = Fate("heuristics", drop.reason, drop.detail)
-                    filtered += 1
+                    removed.append((pos, "heuristics", drop.reason, drop.detail))
                     continue
-                s.position.append(pos)
-                s.ids.append(_external_id(row, self.cols.id, conv))
-                s.keys.append(hashlib.blake2b(key_fn(view).encode(), digest_size=16).hexdigest())
-                s.priority.append(_priority(row, cfg.input.score_column))
+                pos_b.append(pos)
+                ids_b.append(_external_id(row, self.cols.id, conv))
+                dig_b.append(hashlib.blake2b(key_fn(view).encode(), digest_size=16).digest())
+                pri_b.append(_priority(row, cfg.input.score_column))
                 texts.append(embed_fn(view))
+            kept["position"].append(np.asarray(pos_b, dtype=np.int64))
+            kept["ids"].append(pa.array(ids_b, pa.string()))
+            kept["digests"].append(np.frombuffer(b"".join(dig_b), dtype=np.uint8).reshape(-1, 16))
+            kept["priority"].append(np.asarray([np.nan if v is None else v for v in pri_b], dtype=np.float64))
             if embedder and texts:
-                chunks.append(embedder.encode(texts))
+                kept["embeddings"].append(embedder.encode(texts))
             self._advance(task, len(batch))
+
+        self.ledger = Ledger(self.total)
+        for pos, stage, reason, detail in removed:
+            self.ledger.fate[pos] = self.ledger.code(stage, reason)
+            if detail:
+                self.ledger.details[pos] = detail
+        self.p1_ids = pa.chunked_array(kept["ids"], pa.string())
+        position = np.concatenate(kept["position"]) if kept["position"] else np.zeros(0, np.int64)
+        s = Survivors(
+            p1=np.arange(len(position), dtype=np.int64),
+            position=position,
+            digests=np.concatenate(kept["digests"]) if kept["digests"] else np.zeros((0, 16), np.uint8),
+            priority=np.concatenate(kept["priority"]) if kept["priority"] else np.zeros(0),
+        )
         if embedder:
-            s.embeddings = np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
-        self._stage("validate", self.total, self.total - bad, {"bad_input": bad} if bad else {})
+            s.embeddings = np.concatenate(kept["embeddings"]) if kept["embeddings"] else np.zeros((0, embedder.dim), np.float32)
+        bad = self.ledger.counts("validate").get("bad_input", 0)
+        self._stage("validate", self.total, self.total - bad, self.ledger.counts("validate"))
         if heuristics:
-            removed = _count_reasons(self.fates, "heuristics")
-            self._stage("heuristics", self.total - bad, len(s.position), removed,
+            self._stage("heuristics", self.total - bad, len(s), self.ledger.counts("heuristics"),
                         {f.name: f.settings() for f in heuristics.filters})
         return s
 
     def exact(self, s: Survivors) -> Survivors:
         if not self.recipe.exact_dedup.enabled:
             return s
-        n = len(s.position)
-        result = exact_dedup(s.keys, [str(i) for i in range(n)], s.priority if self._has_priority() else None)
-        for i in result.removed_indices():
-            kept = int(result.duplicate_of[i])
-            self.fates[s.position[i]] = Fate("exact_dedup", "exact_duplicate", f"same {self.recipe.exact_dedup.field}", s.ids[kept])
-        self._stage("exact_dedup", n, int(result.keep.sum()), {"exact_duplicate": n - int(result.keep.sum())},
+        n = len(s)
+        keep, survivor = dedup_digests(s.digests, s.priority if self._has_priority() else None)
+        removed = np.flatnonzero(~keep)
+        self.ledger.remove(s.position[removed], "exact_dedup", "exact_duplicate")
+        self.ledger.arrays["duplicate_of_p1"][s.position[removed]] = s.p1[survivor[removed]]
+        self.ledger.arrays["similarity"][s.position[removed]] = 1.0
+        self._stage("exact_dedup", n, n - len(removed), {"exact_duplicate": len(removed)},
                     {"field": self.recipe.exact_dedup.field, "normalization": "NFKC, casefold, whitespace"})
-        return _subset(s, result.kept_indices())
+        return s.subset(np.flatnonzero(keep))
 
     def semantic(self, s: Survivors) -> Survivors:
         cfg = self.recipe.semantic_dedup
@@ -174,145 +243,115 @@ class Curation:
             return s
         from roost.filters.semantic_dedup import semantic_dedup
 
-        n = len(s.position)
+        n = len(s)
         task = self._task("semantic dedup", total=1)
         result = semantic_dedup(
             s.embeddings, [str(i) for i in range(n)], threshold=cfg.threshold,
-            scores=s.priority if self._has_priority() else None, k=cfg.k, index=cfg.index,
+            scores=s.priorities() if self._has_priority() else None, k=cfg.k, index=cfg.index,
         )
         self._advance(task, 1)
-        for i in range(n):
-            tags = result.row_tags(i)
-            near = tags.get("nearest_id")
-            self.tags.setdefault(s.position[i], {}).update(
-                min_neighbor_distance=tags.get("min_neighbor_distance"),
-                repeat_count=tags.get("repeat_count"),
-                nearest_id=s.ids[int(near)] if near is not None else None,
-                nearest_similarity=tags.get("nearest_similarity"),
-            )
-        for i in result.removed_indices():
-            kept = int(result.duplicate_of[i])
-            self.fates[s.position[i]] = Fate(
-                "semantic_dedup", "semantic_duplicate",
-                f"cosine {result.similarity[i]:.4f} >= {cfg.threshold}", s.ids[kept],
-            )
-        kept = int(result.keep.sum())
+        a = self.ledger.arrays
+        a["min_neighbor_distance"][s.position] = np.asarray(result.tags["min_neighbor_distance"], dtype=np.float64)
+        a["repeat_count"][s.position] = np.asarray(result.tags["repeat_count"], dtype=np.int64)
+        a["nearest_similarity"][s.position] = np.asarray(result.tags["nearest_similarity"], dtype=np.float64)
+        near = np.array([-1 if v is None else int(v) for v in result.tags["nearest_id"]], dtype=np.int64)
+        a["nearest_p1"][s.position] = np.where(near >= 0, s.p1[np.maximum(near, 0)], -1)
+        removed = result.removed_indices()
+        self.ledger.remove(s.position[removed], "semantic_dedup", "semantic_duplicate")
+        dup = np.array([int(result.duplicate_of[i]) for i in removed], dtype=np.int64)
+        a["duplicate_of_p1"][s.position[removed]] = s.p1[dup] if len(dup) else dup
+        a["similarity"][s.position[removed]] = [result.similarity[i] for i in removed]
         settings = {**result.settings, "field": cfg.field, "embedding": self.embedder_info}
-        self._stage("semantic_dedup", n, kept, {"semantic_duplicate": n - kept}, settings)
-        return _subset(s, result.kept_indices())
+        self._stage("semantic_dedup", n, n - len(removed), {"semantic_duplicate": len(removed)}, settings)
+        return s.subset(result.kept_indices())
 
-    def score(self, s: Survivors) -> dict[int, dict[str, Any]]:
+    def score(self, s: Survivors) -> None:
         """Pass 2: deita complexity and quality for every surviving row, batched."""
         cfg = self.recipe.scoring
         if not cfg.enabled:
-            return {}
+            return
         complexity, quality = self._scorers()
-        alive = set(s.position)
-        out: dict[int, dict[str, Any]] = {}
-        task = self._task("deita scores", total=len(alive))
+        alive = np.zeros(self.total, dtype=bool)
+        alive[s.position] = True
+        task = self._task("deita scores", total=len(s))
         pending: list[tuple[int, list[dict]]] = []
 
         def flush():
-            for pos, result in zip((p for p, _ in pending), _score_batch(complexity, quality, [c for _, c in pending])):
-                out[pos] = result
+            results = _score_batch(complexity, quality, [c for _, c in pending])
+            for (pos, _), r in zip(pending, results):
+                self.ledger.arrays["deita_score"][pos] = np.nan if r["deita_score"] is None else r["deita_score"]
+                self.ledger.score_lists[pos] = (r["complexity_scores"], r["quality_scores"], r["deita_score_reason"])
             self._advance(task, len(pending))
             pending.clear()
 
         for pos, row in self._rows():
-            if pos in alive:
+            if alive[pos]:
                 conv, _ = to_conversation(row, self.form, self.cols)
                 pending.append((pos, conv))
                 if len(pending) >= cfg.batch_size:
                     flush()
         flush()
-        nulls = sum(1 for r in out.values() if r["deita_score"] is None)
-        self._stage("deita_scoring", len(alive), len(alive), {},
-                    {**self.scorer_info, "null_scores": nulls})
-        for pos, result in out.items():
-            self.tags.setdefault(pos, {}).update(result)
-        return out
+        nulls = int(np.isnan(self.ledger.arrays["deita_score"][s.position]).sum())
+        self._stage("deita_scoring", len(s), len(s), {}, {**self.scorer_info, "null_scores": nulls})
 
-    def select(self, s: Survivors, scores: dict[int, dict[str, Any]]) -> Survivors:
+    def select(self, s: Survivors) -> Survivors:
         cfg = self.recipe.selection
         if not cfg.enabled:
             return s
         from roost.selection import select_diverse
 
-        if scores:
-            values = [scores[p]["deita_score"] for p in s.position]
+        if self.recipe.scoring.enabled:
+            values = [None if math.isnan(v) else float(v) for v in self.ledger.arrays["deita_score"][s.position]]
         elif self._has_priority():
-            values = s.priority
+            values = s.priorities()
         else:
             raise ValueError("selection needs scores: enable scoring or set input.score_column")
         result = select_diverse(s.embeddings, values, cfg.budget, cfg.tau)
-        for i, pos in enumerate(s.position):
-            row = result.row(i)
-            self.tags.setdefault(pos, {}).update(
-                selection_rank=row["rank"], nearest_kept_similarity=row["nearest_kept_similarity"]
-            )
-            if row["selected"]:
-                continue
-            if row["considered"]:
-                sim = row["nearest_kept_similarity"]
-                self.fates[pos] = Fate("selection", "too_similar_to_selected", f"cosine {sim:.4f} > tau {cfg.tau}")
-            else:
-                self.fates[pos] = Fate("selection", "over_budget", f"budget {cfg.budget} filled before rank {row['rank']}")
-        n, kept = len(s.position), len(result.selected)
-        self._stage("selection", n, kept, _count_reasons(self.fates, "selection"), result.settings)
-        return _subset(s, np.array(sorted(result.selected), dtype=np.int64))
+        a = self.ledger.arrays
+        a["selection_rank"][s.position] = result.rank
+        a["nearest_kept_similarity"][s.position] = result.nearest_kept_similarity
+        dropped = ~result.selected_mask
+        self.ledger.remove(s.position[dropped & result.considered], "selection", "too_similar_to_selected")
+        self.ledger.remove(s.position[dropped & ~result.considered], "selection", "over_budget")
+        self._stage("selection", len(s), len(result.selected), self.ledger.counts("selection"), result.settings)
+        return s.subset(np.sort(np.asarray(result.selected, dtype=np.int64)))
 
     def write(self, s: Survivors) -> dict[str, Any]:
         """Pass 3: stream the input again; survivors to data/, everything else to rejects/."""
         cfg = self.recipe
         schema = self._output_schema()
-        n_out, n_rej = len(s.position), self.total - len(s.position)
+        n_out, n_rej = len(s), self.total - len(s)
         shards = max(1, math.ceil(n_out / cfg.shard_size), math.ceil(n_rej / cfg.shard_size))
         writer = DatasetWriter(self.out, RowSchema("curated", schema), split=cfg.input.split, num_shards=shards)
-        kept, rejects = [], []
-        counts = {"data": [0] * shards, "rejects": [0] * shards}
-        shard = {"data": 0, "rejects": 0}
         meta = self._provenance()
+        data = ShardedOutput(writer.data_path, shards, cfg.shard_size, _with_meta(schema, meta))
+        rejects = ShardedOutput(writer.rejects_path, shards, cfg.shard_size, _with_meta(REJECT, meta))
+        pending: list[dict] = []
         task = self._task("write", total=self.total)
 
-        def flush(kind: str, final: bool = False):
-            # Full shards go out as they fill; the last shard index takes whatever is left.
-            buf = kept if kind == "data" else rejects
-            while buf:
-                last = shard[kind] == shards - 1
-                if not final and (last or len(buf) < cfg.shard_size):
-                    return
-                take = buf[:] if last else buf[: cfg.shard_size]
-                del buf[: len(take)]
-                i = shard[kind]
-                if kind == "data":
-                    good, bad = writer.validate(take)
-                    rejects.extend(bad)
-                    table = pa.Table.from_pylist(good, schema=schema)
-                    atomic_write_table(writer.data_path(i), _meta(table, meta))
-                    counts["data"][i] += len(good)
-                else:
-                    table = pa.Table.from_pylist([r.as_row() for r in take], schema=REJECT)
-                    atomic_write_table(writer.rejects_path(i), _meta(table, meta))
-                    counts["rejects"][i] += len(take)
-                shard[kind] += 1
+        def flush_pending():
+            good, bad = writer.validate(pending)
+            for row in good:
+                data.add(row)
+            for reject in bad:
+                rejects.add(reject.as_row())
+            pending.clear()
 
-        for pos, row in self._rows():
-            fate = self.fates.get(pos)
-            if fate is None:
-                kept.append(self._output_row(pos, row))
-                flush("data")
-            else:
-                rejects.append(Reject(fate.stage, fate.reason, row, id=self._reject_id(row),
-                                      detail=fate.detail, duplicate_of=fate.duplicate_of))
-                flush("rejects")
-            self._advance(task, 1)
-        flush("data", final=True)
-        flush("rejects", final=True)
-        for i in range(shards):  # every shard index exists on both sides, possibly empty
-            if not writer.data_path(i).exists():
-                atomic_write_table(writer.data_path(i), _meta(schema.empty_table(), meta))
-            if not writer.rejects_path(i).exists():
-                atomic_write_table(writer.rejects_path(i), _meta(REJECT.empty_table(), meta))
+        try:
+            for pos, row in self._rows():
+                if self.ledger.fate[pos] == 0:
+                    pending.append(self._output_row(pos, row))
+                    if len(pending) >= 4096:
+                        flush_pending()
+                else:
+                    rejects.add(self._reject(pos, row).as_row())
+                self._advance(task, 1)
+            flush_pending()
+            counts = {"data": data.close(), "rejects": rejects.close()}
+        except BaseException:
+            data.abort()
+            rejects.abort()
+            raise
         return self._manifest(shards, counts)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -340,8 +379,39 @@ class Curation:
         if self.cols.id not in out:
             conv, _ = to_conversation(row, self.form, self.cols)
             out[self.cols.id] = row_id(conv)
-        out.update(self.tags.get(pos, {}))
+        cfg, get = self.recipe, self.ledger.get
+        if cfg.semantic_dedup.enabled:
+            near = get("nearest_p1", pos)
+            out.update(
+                min_neighbor_distance=get("min_neighbor_distance", pos),
+                repeat_count=get("repeat_count", pos),
+                nearest_id=self.p1_ids[near].as_py() if near is not None else None,
+                nearest_similarity=get("nearest_similarity", pos),
+            )
+        if cfg.scoring.enabled:
+            c, q, reason = self.ledger.score_lists.get(pos, ([], [], "not scored"))
+            out.update(complexity_scores=c, quality_scores=q, deita_score=get("deita_score", pos),
+                       deita_score_reason=reason)
+        if cfg.selection.enabled:
+            out.update(selection_rank=get("selection_rank", pos),
+                       nearest_kept_similarity=get("nearest_kept_similarity", pos))
         return out
+
+    def _reject(self, pos: int, row: dict) -> Reject:
+        stage, reason = self.ledger.codes[self.ledger.fate[pos]]
+        get = self.ledger.get
+        dup = get("duplicate_of_p1", pos)
+        duplicate_of = self.p1_ids[dup].as_py() if dup is not None else None
+        detail = self.ledger.details.get(pos)
+        if reason == "exact_duplicate":
+            detail = f"same normalized {self.recipe.exact_dedup.field}"
+        elif reason == "semantic_duplicate":
+            detail = f"cosine {get('similarity', pos):.4f} >= {self.recipe.semantic_dedup.threshold}"
+        elif reason == "too_similar_to_selected":
+            detail = f"cosine {get('nearest_kept_similarity', pos):.4f} > tau {self.recipe.selection.tau}"
+        elif reason == "over_budget":
+            detail = f"budget {self.recipe.selection.budget} filled before rank {get('selection_rank', pos)}"
+        return Reject(stage, reason, row, id=self._reject_id(row), detail=detail, duplicate_of=duplicate_of)
 
     def _reject_id(self, row: dict) -> str | None:
         """The id the row would have had in the output (None if it is not a conversation)."""
@@ -384,9 +454,7 @@ class Curation:
                                "input": self.source.description}}
 
     def _manifest(self, shards: int, counts: dict[str, list[int]]) -> dict[str, Any]:
-        by_reason: dict[str, int] = {}
-        for fate in self.fates.values():
-            by_reason[fate.reason] = by_reason.get(fate.reason, 0) + 1
+        by_reason = self.ledger.counts()
         split = self.recipe.input.split
         return base_manifest(
             "curated",
@@ -472,25 +540,6 @@ def _priority(row: dict, column: str | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
-def _count_reasons(fates: dict[int, Fate], stage: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for f in fates.values():
-        if f.stage == stage:
-            counts[f.reason] = counts.get(f.reason, 0) + 1
-    return counts
-
-
-def _subset(s: Survivors, keep: np.ndarray) -> Survivors:
-    keep = [int(i) for i in keep]
-    return Survivors(
-        position=[s.position[i] for i in keep],
-        ids=[s.ids[i] for i in keep],
-        keys=[s.keys[i] for i in keep],
-        priority=[s.priority[i] for i in keep],
-        embeddings=s.embeddings[keep] if s.embeddings is not None else None,
-    )
-
-
 def _score_batch(complexity, quality, conversations: list[list[dict]]) -> list[dict[str, Any]]:
     from roost.scorers.deita import conversation_turns, deita_score
 
@@ -513,8 +562,8 @@ def _score_batch(complexity, quality, conversations: list[list[dict]]) -> list[d
     return out
 
 
-def _meta(table: pa.Table, meta: dict) -> pa.Table:
-    return table.replace_schema_metadata({b"roost": json.dumps(meta, default=str).encode()})
+def _with_meta(schema: pa.Schema, meta: dict) -> pa.Schema:
+    return schema.with_metadata({b"roost": json.dumps(meta, default=str).encode()})
 
 
 def _progress_bar() -> Progress:

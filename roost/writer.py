@@ -90,6 +90,86 @@ def atomic_write_table(path: Path, table: pa.Table) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class ShardSink:
+    """One shard written incrementally (row group by row group) into a hidden temp file and
+    renamed into place on `close()`: bounded memory, and still never half-visible."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path = Path(path)
+        scratch = self.path.parent.parent / ".roost-tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = scratch / f"{self.path.name}.{uuid.uuid4().hex}.tmp"
+        self.schema = schema
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table)
+            self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+        with open(self._tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class ShardedOutput:
+    """Rows streamed into `num_shards` files of `shard_size` rows (the last takes the rest)."""
+
+    def __init__(self, path_for, num_shards: int, shard_size: int, schema: pa.Schema, chunk: int = 4096):
+        self.path_for = path_for
+        self.num_shards = num_shards
+        self.shard_size = shard_size
+        self.schema = schema
+        self.chunk = chunk
+        self.counts = [0] * num_shards
+        self._buffer: list[dict] = []
+        self._index = 0
+        self._sink: ShardSink | None = None
+
+    def add(self, row: dict) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.chunk:
+            self._drain()
+
+    def _drain(self) -> None:
+        while self._buffer:
+            if self._sink is None:
+                self._sink = ShardSink(self.path_for(self._index), self.schema)
+            last = self._index == self.num_shards - 1
+            room = len(self._buffer) if last else self.shard_size - self._sink.rows
+            take, self._buffer = self._buffer[:room], self._buffer[room:]
+            self._sink.write(pa.Table.from_pylist(take, schema=self.schema))
+            if not last and self._sink.rows >= self.shard_size:
+                self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        self._sink.close()
+        self.counts[self._index] = self._sink.rows
+        self._sink = None
+        self._index += 1
+
+    def close(self) -> list[int]:
+        """Flush, and write every remaining shard index (empty if need be) so names are complete."""
+        self._drain()
+        while self._index < self.num_shards:
+            if self._sink is None:
+                self._sink = ShardSink(self.path_for(self._index), self.schema)
+            self._finish_shard()
+        return self.counts
+
+    def abort(self) -> None:
+        if self._sink is not None:
+            self._sink.abort()
+
+
 def shard_name(split: str, index: int, num_shards: int) -> str:
     return f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
 

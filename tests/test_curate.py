@@ -143,3 +143,25 @@ def test_bad_curation_options_exit_2(tmp_path, input_path):
     assert result.exit_code == 2 and "semantic_dedup.threshold" in result.output
     result = CliRunner().invoke(app, ["curate", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_array_exact_dedup_matches_the_reference_rule():
+    # Pure logic: the numpy path used for large inputs vs exact_dedup on random keys/priorities.
+    import hashlib
+
+    import numpy as np
+
+    from roost.filters.exact_dedup import dedup_digests, exact_dedup
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(1, 60))
+        keys = [str(rng.integers(0, 8)) for _ in range(n)]
+        pri = rng.choice([np.nan, 1.0, 2.0, 3.0], size=n) if trial % 2 else None
+        digests = np.frombuffer(b"".join(hashlib.blake2b(k.encode(), digest_size=16).digest() for k in keys),
+                                np.uint8).reshape(n, 16)
+        keep, survivor = dedup_digests(digests, pri)
+        ref = exact_dedup(keys, [str(i) for i in range(n)],
+                          None if pri is None else [None if np.isnan(p) else p for p in pri])
+        assert (keep == ref.keep).all()
+        assert [str(survivor[i]) for i in range(n) if not keep[i]] == [ref.duplicate_of[i] for i in range(n) if not keep[i]]

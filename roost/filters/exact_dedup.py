@@ -116,3 +116,24 @@ def exact_dedup_rows(rows: Sequence[dict], field: str | Callable[[dict], str] = 
     ids = [str(r.get(id_field, i)) for i, r in enumerate(rows)]
     scores = [r.get(score_field) for r in rows] if score_field else None
     return exact_dedup(keys, ids, scores)
+
+
+def dedup_digests(digests: np.ndarray, priority: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_dedup` for large inputs, on 16-byte key hashes held in one (n, 16) uint8 array.
+
+    Same survivor rule (highest priority, NaN lowest, then first in input order), all numpy:
+    no per-row Python objects. Returns (keep mask, index of each row's survivor)."""
+    n = len(digests)
+    if n == 0:
+        return np.zeros(0, bool), np.zeros(0, np.int64)
+    halves = np.ascontiguousarray(digests, dtype=np.uint8).view(np.uint64).reshape(n, 2)
+    index = np.arange(n, dtype=np.int64)
+    pri = np.zeros(n) if priority is None else np.where(np.isnan(priority), -np.inf, priority)
+    order = np.lexsort((index, -pri, halves[:, 1], halves[:, 0]))
+    h = halves[order]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = (h[1:] != h[:-1]).any(axis=1)
+    first = np.maximum.accumulate(np.where(starts, index, 0))
+    survivor = np.empty(n, dtype=np.int64)
+    survivor[order] = order[first]
+    return survivor == index, survivor
