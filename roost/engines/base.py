@@ -80,7 +80,12 @@ class Engine(Protocol):
     ) -> list[Generation]:
         """Generate the next assistant turn of each conversation through the model's chat template."""
 
-    def choice_logprobs(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[list[float] | None]:
+    @property
+    def max_model_len(self) -> int: ...
+
+    def choice_logprobs(
+        self, prompts: Sequence[str], token_ids: Sequence[int], *, progress: str | None = None
+    ) -> list[list[float] | None]:
         """Log-probabilities of `token_ids` at the first generated position, renormalized over
         exactly those tokens; None for a prompt where any of them was not returned."""
 

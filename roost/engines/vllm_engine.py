@@ -86,6 +86,11 @@ class VLLMEngine:
     def tokenizer(self):
         return self._llm.get_tokenizer()
 
+    @property
+    def max_model_len(self) -> int:
+        """The context length the engine actually runs with (resolved from the model if unset)."""
+        return int(self._llm.llm_engine.model_config.max_model_len)
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -170,14 +170,10 @@ def conversation_turns(messages: Sequence[dict]) -> list[tuple[str, str]]:
 
 
 def engine_max_model_len(engine) -> int | None:
-    """The engine's context length, best effort (public attribute first, then vLLM internals)."""
+    """The engine's context length (`Engine.max_model_len`), else its config's, else None."""
     value = getattr(engine, "max_model_len", None)
     if isinstance(value, int):
         return value
-    try:
-        return int(engine._llm.llm_engine.model_config.max_model_len)
-    except Exception:
-        pass
     config = getattr(engine, "config", None)
     value = getattr(config, "max_model_len", None)
     return int(value) if value else None
