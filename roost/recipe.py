@@ -92,7 +92,16 @@ class Recipe(_Strict):
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Load and validate. `overrides` are dotted keys from the CLI, e.g. {"model.model": "..."}."""
-    path = Path(path)
+    raw = _read_yaml(Path(path))
+    _apply(raw, overrides)
+    return validate_recipe(raw, str(path))
+
+
+def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
+    return _validate(Recipe, raw, source)
+
+
+def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -101,17 +110,23 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of fields")
+    return raw
+
+
+def _apply(raw: dict, overrides: dict[str, Any] | None) -> None:
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, dotted, value)
-    return validate_recipe(raw, str(path))
 
 
-def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
+def _validate(model: type[BaseModel], raw: dict, source: str):
+    """Validate, turning pydantic's report into one line that names the first bad field."""
     try:
-        return Recipe.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"] if not _TYPE_TAG.match(str(p))) or "(root)"
@@ -205,23 +220,6 @@ class CurateRecipe(_Strict):
 
 
 def load_curate_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurateRecipe:
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise RecipeError(f"{path}: no such file") from None
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(f"{path}: a recipe must be a mapping of fields")
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(raw, dotted, value)
-    try:
-        return CurateRecipe.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"] if not _TYPE_TAG.match(str(p))) or "(root)"
-        raise RecipeError(f"{path or 'options'}: field '{field}': {err['msg']}") from None
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    _apply(raw, overrides)
+    return _validate(CurateRecipe, raw, str(path) if path is not None else "options")
