@@ -40,7 +40,7 @@ class Embedder:
     batch_size: texts per forward pass.
     """
 
-    def __init__(self, model: str | None = None, device: str | None = None, batch_size: int = 256):
+    def __init__(self, model: str | None = None, device: str | None = None, batch_size: int = 32):
         from sentence_transformers import SentenceTransformer
 
         if model is None:
