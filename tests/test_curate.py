@@ -165,3 +165,23 @@ def test_array_exact_dedup_matches_the_reference_rule():
                           None if pri is None else [None if np.isnan(p) else p for p in pri])
         assert (keep == ref.keep).all()
         assert [str(survivor[i]) for i in range(n) if not keep[i]] == [ref.duplicate_of[i] for i in range(n) if not keep[i]]
+
+
+def test_unfinished_curation_is_redone_without_stale_shards(tmp_path, input_path):
+    from roost.writer import base_manifest
+
+    recipe = CurateRecipe.model_validate({"input": {"path": str(input_path)}, "semantic_dedup": {"enabled": False},
+                                          "shard_size": 4})
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    # what a killed run of the same recipe leaves: a "running" manifest and a shard of an older plan
+    (out / "manifest.json").write_text(json.dumps(base_manifest("curated", {}, recipe.fingerprint(), status="running")))
+    stale = out / "data" / "train-00000-of-00009.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS[:2], schema=SCHEMA), stale)
+    manifest = curate(recipe, out, progress=False)
+    assert manifest["status"] == "complete" and not stale.exists()
+    files = sorted(p.name for p in (out / "data").iterdir())
+    assert files == [f"train-0000{i}-of-00002.parquet" for i in range(2)]
+    rows, rejects = _read(out, "data"), _read(out, "rejects")
+    assert len(rows) == manifest["rows"] == 5 and len(rows) + len(rejects) == len(ROWS)
+    assert len({r["id"] for r in rows}) == len(rows)
