@@ -52,7 +52,7 @@ def main():
             runs.reverse()
         for name, fn in runs:
             t0 = time.perf_counter()
-            out = fn()
+            fn()
             times[name].append(time.perf_counter() - t0)
     ref = raw_same()
     diff = float(np.abs(emb.encode(texts[:200]) - ref[:200]).max())

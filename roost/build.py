@@ -16,7 +16,7 @@ from roost.engines import get_engine
 from roost.recipe import Recipe
 from roost.schemas import SFT_ROWS
 from roost.synthesizers.magpie import MagpieSynthesizer
-from roost.writer import DatasetWriter, ShardStats, base_manifest, summarize
+from roost.writer import DatasetWriter, ShardStats, base_manifest, read_roost_metadata, summarize
 
 
 class OutputMismatch(RuntimeError):
@@ -107,8 +107,6 @@ def finish_manifest(recipe: Recipe, out: str | Path) -> dict[str, Any]:
 
 
 def _first_provenance(writer: DatasetWriter, done: list[int]) -> dict[str, Any]:
-    from roost.writer import read_roost_metadata
-
     for i in done:
         meta = read_roost_metadata(writer.data_path(i))
         if meta.get("provenance"):

@@ -48,7 +48,9 @@ from roost.writer import (
     Reject,
     ShardedOutput,
     base_manifest,
+    read_manifest,
     shard_name,
+    write_manifest,
 )
 
 TAG_FIELDS = [
@@ -151,6 +153,7 @@ class Curation:
         self.total = 0
         self.ledger: Ledger | None = None
         self.p1_ids: pa.ChunkedArray | None = None
+        self.p1_of: np.ndarray | None = None
         self.embedder_info: dict[str, Any] | None = None
         self.scorer_info: dict[str, Any] | None = None
         self._progress = _progress_bar() if progress else None
@@ -209,6 +212,8 @@ class Curation:
                 self.ledger.details[pos] = detail
         self.p1_ids = pa.chunked_array(kept["ids"], pa.string())
         position = np.concatenate(kept["position"]) if kept["position"] else np.zeros(0, np.int64)
+        self.p1_of = np.full(self.total, -1, dtype=np.int64)  # input position -> pass-1 index
+        self.p1_of[position] = np.arange(len(position))
         s = Survivors(
             p1=np.arange(len(position), dtype=np.int64),
             position=position,
@@ -377,8 +382,7 @@ class Curation:
     def _output_row(self, pos: int, row: dict) -> dict:
         out = dict(row)
         if self.cols.id not in out:
-            conv, _ = to_conversation(row, self.form, self.cols)
-            out[self.cols.id] = row_id(conv)
+            out[self.cols.id] = self._id(pos, row)
         cfg, get = self.recipe, self.ledger.get
         if cfg.semantic_dedup.enabled:
             near = get("nearest_p1", pos)
@@ -411,10 +415,14 @@ class Curation:
             detail = f"cosine {get('nearest_kept_similarity', pos):.4f} > tau {self.recipe.selection.tau}"
         elif reason == "over_budget":
             detail = f"budget {self.recipe.selection.budget} filled before rank {get('selection_rank', pos)}"
-        return Reject(stage, reason, row, id=self._reject_id(row), detail=detail, duplicate_of=duplicate_of)
+        return Reject(stage, reason, row, id=self._id(pos, row), detail=detail, duplicate_of=duplicate_of)
 
-    def _reject_id(self, row: dict) -> str | None:
-        """The id the row would have had in the output (None if it is not a conversation)."""
+    def _id(self, pos: int, row: dict) -> str | None:
+        """The row's id as pass 1 computed it; rows dropped in pass 1 get theirs recomputed
+        (None if the row is not a conversation)."""
+        p1 = self.p1_of[pos]
+        if p1 >= 0:
+            return self.p1_ids[int(p1)].as_py()
         conv, problem = to_conversation(row, self.form, self.cols)
         return None if problem else _external_id(row, self.cols.id, conv)
 
@@ -490,8 +498,7 @@ class Curation:
 def curate(recipe: CurateRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Curate `recipe.input.path` into `out`. Re-running a finished curation is a no-op."""
     out = Path(out)
-    writer_probe = DatasetWriter(out, RowSchema("curated", pa.schema([])), num_shards=1)
-    existing = writer_probe.read_manifest()
+    existing = read_manifest(out)
     if existing:
         if existing.get("recipe_hash") != recipe.fingerprint() or existing.get("kind") != "curated":
             raise OutputMismatch(f"{out} holds a different dataset (recipe hash {existing.get('recipe_hash')}); "
@@ -499,12 +506,12 @@ def curate(recipe: CurateRecipe, out: str | Path, *, progress: bool = True) -> d
         if existing.get("status") == "complete":
             return {**existing, "skipped": True}
     source = open_source(recipe.input.path, split=recipe.input.split)
-    writer_probe.write_manifest(base_manifest("curated", recipe.model_dump(mode="json"), recipe.fingerprint(),
+    write_manifest(out, base_manifest("curated", recipe.model_dump(mode="json"), recipe.fingerprint(),
                                               status="running"))
     for stale in [*out.glob("data/*.parquet"), *out.glob("rejects/*.parquet")]:
         stale.unlink()  # a previous unfinished run of this same recipe: its shard plan may differ
     manifest = Curation(recipe, source, out, progress=progress).run()
-    writer_probe.write_manifest(manifest)
+    write_manifest(out, manifest)
     return manifest
 
 

@@ -85,9 +85,13 @@ class Recipe(_Strict):
         """Hash of everything that changes the data; throughput knobs are left out."""
         data = self.model_dump(mode="json")
         data["model"].pop("throughput", None)
-        data.pop("name", None)
-        blob = json.dumps(data, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return _fingerprint(data)
+
+
+def _fingerprint(data: dict) -> str:
+    """Hash of a recipe's settings; its name is a label, not a setting."""
+    data = {k: v for k, v in data.items() if k != "name"}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -212,11 +216,10 @@ class CurateRecipe(_Strict):
 
     def fingerprint(self) -> str:
         data = self.model_dump(mode="json")
-        data.pop("name", None)
         data["input"].pop("batch_size", None)
         data["semantic_dedup"].pop("embed_batch_size", None)
         data["scoring"].pop("batch_size", None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return _fingerprint(data)
 
 
 def load_curate_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurateRecipe:

@@ -76,18 +76,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
-    """Parquet to a hidden temp file in a scratch dir, fsync, then rename into place."""
-    scratch = path.parent.parent / ".roost-tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    tmp = scratch / f"{path.name}.{uuid.uuid4().hex}.tmp"
+    """A whole table as one shard: hidden temp file, fsync, rename into place."""
+    sink = ShardSink(path, table.schema)
     try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        sink.write(table)
+    except BaseException:
+        sink.abort()
+        raise
+    sink.close()
 
 
 class ShardSink:
@@ -249,11 +245,19 @@ class DatasetWriter:
         return ShardStats(**meta["shard"])
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write_bytes(self.root / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+        write_manifest(self.root, manifest)
 
     def read_manifest(self) -> dict[str, Any] | None:
-        path = self.root / "manifest.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_manifest(self.root)
+
+
+def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
+    atomic_write_bytes(Path(root) / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+
+
+def read_manifest(root: str | Path) -> dict[str, Any] | None:
+    path = Path(root) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _with_meta(table: pa.Table, meta: dict) -> pa.Table:

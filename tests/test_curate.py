@@ -143,6 +143,9 @@ def test_bad_curation_options_exit_2(tmp_path, input_path):
     assert result.exit_code == 2 and "semantic_dedup.threshold" in result.output
     result = CliRunner().invoke(app, ["curate", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no such file" in result.output
+    # a Hub dataset that cannot be opened (offline here) is one clear error, not a traceback
+    result = CliRunner().invoke(app, ["curate", "hf://no-such-org/no-such-dataset", "--out", str(tmp_path / "o3")])
+    assert result.exit_code == 2 and "hf://no-such-org/no-such-dataset: cannot open" in result.output
 
 
 def test_array_exact_dedup_matches_the_reference_rule():

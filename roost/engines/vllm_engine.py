@@ -94,6 +94,9 @@ class VLLMEngine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _token_prompts(self, prompts: Sequence[str]) -> list[dict]:
+        return [{"prompt_token_ids": self.encode(p)} for p in prompts]
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -106,10 +109,9 @@ class VLLMEngine:
         samplings = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
         if len(samplings) != len(prompts):
             raise ValueError("one Sampling per prompt, or one for all")
-        token_prompts = [{"prompt_token_ids": self.encode(p)} for p in prompts]
         params = [_to_vllm(s) for s in samplings]
         with self._lock:
-            outputs = self._llm.generate(token_prompts, params, use_tqdm=_progress_bar(progress))
+            outputs = self._llm.generate(self._token_prompts(prompts), params, use_tqdm=_progress_bar(progress))
         return [
             Generation(
                 prompt=prompt,
@@ -139,9 +141,8 @@ class VLLMEngine:
         params = SamplingParams(
             max_tokens=1, temperature=0.0, allowed_token_ids=ids, logprobs=len(ids)
         )
-        token_prompts = [{"prompt_token_ids": self.encode(p)} for p in prompts]
         with self._lock:
-            outputs = self._llm.generate(token_prompts, params, use_tqdm=_progress_bar(progress))
+            outputs = self._llm.generate(self._token_prompts(prompts), params, use_tqdm=_progress_bar(progress))
         result: list[list[float] | None] = []
         for out in outputs:
             first = (out.outputs[0].logprobs or [None])[0]
@@ -202,8 +203,6 @@ def _progress_bar(desc: str | None):
     # Live bars only on a terminal: piped into a log, rich redraws would repeat every line.
     if not desc or not sys.stderr.isatty():
         return False
-    from functools import partial
-
     from tqdm import TqdmExperimentalWarning
     from tqdm.rich import tqdm as rich_tqdm
 
@@ -214,7 +213,7 @@ def _progress_bar(desc: str | None):
         kwargs["desc"] = desc
         return rich_tqdm(*args, **kwargs)
 
-    return partial(factory)
+    return factory
 
 
 def resolve_revision(model: str, revision: str | None) -> str | None:
