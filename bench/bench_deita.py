@@ -1,4 +1,5 @@
-"""Benchmark: roost's batched deita scorer (vLLM) vs a per-sample transformers reference.
+"""Benchmark: roost's batched deita scorer, on both backends (vLLM, and batched transformers
+from roost.engines.hf_scoring), vs a per-sample transformers reference.
 
 The reference does what deita's own code does: one prompt at a time through a transformers
 causal LM (deita calls generate(max_new_tokens=2); we do a single forward with
@@ -6,7 +7,9 @@ logits_to_keep=1, which is cheaper, so the reference is if anything flattered). 
 same rows (the quality prompt over seed conversations), same formula.
 
 Each vLLM engine runs in its own subprocess, one at a time, so no idle engine competes for
-the two cores while something else is being timed. Prefix caching is turned off in the
+the two cores while something else is being timed (vLLM's engine core spins on a core while
+it waits). The transformers backend runs in this process, before any vLLM subprocess.
+Every ratio is printed beside the reference's absolute rows/s. Prefix caching is turned off in the
 benchmark engines so that every prompt token is really computed (the FLOP/s figure is then
 honest; with caching on, the shared template prefix is computed once).
 
@@ -112,6 +115,29 @@ def reference(path: Path, dtype_name: str, instructions, responses, repeats: int
     return {"scores": scores, "seconds": min(runs), "runs": runs, "tokens": [len(e) for e in encoded]}
 
 
+def roost_transformers(path: Path, dtype: str, rows: int, repeats: int = 2) -> dict:
+    """roost's batched transformers backend (get_scoring_engine(..., backend="transformers"))."""
+    from roost.engines import EngineConfig
+    from roost.engines.hf_scoring import get_scoring_engine
+    from roost.scorers.deita import DeitaScorer
+
+    t0 = time.perf_counter()
+    engine = get_scoring_engine(EngineConfig(model=str(path), dtype=dtype, max_model_len=2048, seed=0),
+                                backend="transformers")
+    startup = time.perf_counter() - t0
+    scorer = DeitaScorer(engine)
+    wi, wr = seed_rows(32, skip=rows)
+    scorer.quality(wi, wr)
+    instructions, responses = seed_rows(rows)
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        scores = scorer.quality(instructions, responses)
+        runs.append(time.perf_counter() - start)
+    return {"scores": [s.value for s in scores], "seconds": min(runs), "runs": runs, "startup": startup,
+            "dtype": engine.describe()["dtype"], "batch_size": engine.batch_size}
+
+
 def worker(path: str, dtype: str, rows: int, prefix_caching: bool = False) -> None:
     """One vLLM engine: warm up on other rows, then time the batched scorer on the rows.
 
@@ -183,30 +209,40 @@ def main() -> None:
             ref = reference(path, dt, instructions, responses)
             if dt == "float32":
                 ref32 = ref
+            hf = roost_transformers(path, dt, args.rows)
             ours = run_worker(path, dt, args.rows)
             peak = max(peak, matmul_flops(dt))
             n_tok = sum(ours["tokens"])
             flops = model_flops(path, ours["tokens"])
-            ours_rate = args.rows / ours["seconds"]
             ref_rate = args.rows / ref["seconds"]
-            diff_same = max(abs(a - b) for a, b in zip(ours["scores"], ref["scores"]))
+            base = f"reference {ref_rate:.1f} rows/s"
+
+            def share(seconds: float) -> str:
+                return f"{flops / seconds / 1e9:.1f} GFLOP/s = {100 * flops / seconds / peak:.0f}% of peak"
+
+            def diffs(scores) -> str:
+                text = f"max |diff| vs transformers {dt} {max(abs(a - b) for a, b in zip(scores, ref['scores'])):.2e}"
+                if ref32 is not None and dt != "float32":
+                    text += f", vs float32 {max(abs(a - b) for a, b in zip(scores, ref32['scores'])):.2e}"
+                return text
+
+            hf_rate = args.rows / hf["seconds"]
+            ours_rate = args.rows / ours["seconds"]
             line = (
-                f"[{dt}] vLLM dtype {ours['dtype']}: roost {ours_rate:.1f} rows/s ({n_tok / ours['seconds']:.0f} tok/s, "
-                f"{n_tok / args.rows:.0f} tok/row, runs {', '.join(f'{r:.2f}' for r in ours['runs'])} s, "
-                f"startup {ours['startup']:.0f} s)\n"
-                f"    per-sample transformers {dt}: {ref_rate:.1f} rows/s (runs {', '.join(f'{r:.1f}' for r in ref['runs'])} s)"
-                f" | speed-up {ours_rate / ref_rate:.2f}x\n"
-                f"    roost {flops / ours['seconds'] / 1e9:.1f} GFLOP/s = {100 * flops / ours['seconds'] / peak:.0f}% "
-                f"of {dt} 2048^2 matmul {peak / 1e9:.1f} GFLOP/s (reference {100 * flops / ref['seconds'] / peak:.0f}%)\n"
-                f"    max |diff| vs transformers {dt}: {diff_same:.2e}"
+                f"[{dt}] {n_tok / args.rows:.0f} tok/row; {dt} 2048^2 matmul peak {peak / 1e9:.1f} GFLOP/s\n"
+                f"    reference, per-sample transformers {dt}: {ref_rate:.1f} rows/s "
+                f"(runs {', '.join(f'{r:.1f}' for r in ref['runs'])} s) | {share(ref['seconds'])}\n"
+                f"    roost transformers (batched, {hf['dtype']}, batch {hf['batch_size']}): {hf_rate:.1f} rows/s = "
+                f"{hf_rate / ref_rate:.2f}x ({base}) | {share(hf['seconds'])} | {diffs(hf['scores'])} "
+                f"| runs {', '.join(f'{r:.2f}' for r in hf['runs'])} s, load {hf['startup']:.0f} s\n"
+                f"    roost vLLM ({ours['dtype']}, prefix caching off): {ours_rate:.1f} rows/s = "
+                f"{ours_rate / ref_rate:.2f}x ({base}) | {share(ours['seconds'])} | {diffs(ours['scores'])} "
+                f"| runs {', '.join(f'{r:.2f}' for r in ours['runs'])} s, startup {ours['startup']:.0f} s"
             )
-            if ref32 is not None and dt != "float32":
-                line += f", vs transformers float32: {max(abs(a - b) for a, b in zip(ours['scores'], ref32['scores'])):.2e}"
             cached = run_worker(path, dt, args.rows, prefix_caching=True)
             cached_rate = args.rows / cached["seconds"]
-            line += (f"\n    roost as shipped (prefix caching on: the shared template prefix is computed once): "
-                     f"{cached_rate:.1f} rows/s | speed-up {cached_rate / ref_rate:.2f}x | max |diff| "
-                     f"{max(abs(a - b) for a, b in zip(cached['scores'], ref['scores'])):.2e}")
+            line += (f"\n    roost vLLM as shipped (prefix caching on: the shared template prefix is computed once): "
+                     f"{cached_rate:.1f} rows/s = {cached_rate / ref_rate:.2f}x ({base}) | {diffs(cached['scores'])}")
             line += f"\n    load average before/after: {load0:.1f}/{os.getloadavg()[0]:.1f}"
             print(line, flush=True)
             if ours["tokens"] != ref["tokens"]:

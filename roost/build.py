@@ -1,107 +1,130 @@
 """The work of `roost build`, as plain functions (the Prefect flow in roost.flows only wires them).
 
-A build is a list of shards; a shard is an independent unit of work: it loads (or reuses)
-the process's engine, generates its quota, and writes its own Parquet file atomically.
-Re-running into the same output skips shards whose file exists, so a killed run resumes
-without redoing or duplicating anything. An output made by a different recipe is refused.
+A build is the list of shards its synthesizer plans; a shard is an independent unit of work:
+it loads (or reuses) the process's engines, generates its rows from its own derived seed,
+and writes its own Parquet file atomically. Re-running into the same output skips shards
+whose file exists, so a killed run resumes without redoing or duplicating anything. An
+output made by a different recipe (or cut into a different number of shards) is refused.
+This module names no synthesizer: they are found by `kind` (roost.synthesizers).
 """
 from __future__ import annotations
 
-import random
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from roost import __version__
-from roost.engines import get_engine
+from roost.errors import OutputMismatch
 from roost.recipe import Recipe
-from roost.schemas import SFT_ROWS
-from roost.synthesizers.magpie import MagpieSynthesizer
+from roost.synthesizers.base import SYNTHESIZERS, Shard, Synthesizer
 from roost.writer import DatasetWriter, ShardStats, base_manifest, read_roost_metadata, summarize
 
 
-class OutputMismatch(RuntimeError):
-    """The output directory holds a dataset built from a different recipe."""
+def synthesizer_for(recipe: Recipe) -> Synthesizer:
+    return _synthesizer(recipe.model_dump_json())
 
 
-def writer_for(recipe: Recipe, out: str | Path) -> DatasetWriter:
-    return DatasetWriter(out, SFT_ROWS, split=recipe.output.split, num_shards=recipe.output.num_shards)
+@lru_cache(maxsize=8)
+def _synthesizer(recipe_json: str) -> Synthesizer:
+    # one synthesizer (and so one set of loaded engines) per recipe per process
+    recipe = Recipe.model_validate_json(recipe_json)
+    return SYNTHESIZERS.get(recipe.synthesizer.kind)(recipe.synthesizer, recipe)
 
 
-def check_resumable(recipe: Recipe, out: str | Path) -> None:
-    existing = writer_for(recipe, out).read_manifest()
-    if existing and existing.get("recipe_hash") != recipe.fingerprint():
+def plan(recipe: Recipe) -> list[Shard]:
+    return synthesizer_for(recipe).plan()
+
+
+def writer_for(recipe: Recipe, out: str | Path, num_shards: int | None = None) -> DatasetWriter:
+    synth = synthesizer_for(recipe)
+    count = num_shards if num_shards is not None else len(synth.plan())
+    return DatasetWriter(out, synth.schema, split=recipe.output.split, num_shards=count)
+
+
+def check_resumable(recipe: Recipe, out: str | Path, num_shards: int) -> None:
+    existing = DatasetWriter(out, synthesizer_for(recipe).schema, num_shards=num_shards).read_manifest()
+    if not existing:
+        return
+    if existing.get("recipe_hash") != recipe.fingerprint():
         raise OutputMismatch(
             f"{out} was built from a different recipe (hash {existing.get('recipe_hash')}, "
             f"this one {recipe.fingerprint()}); choose another --out or delete it"
         )
+    if existing.get("num_shards") not in (None, num_shards):
+        raise OutputMismatch(f"{out} was cut into {existing['num_shards']} shards, this plan has {num_shards} "
+                             "(did the input change?); choose another --out or delete it")
 
 
-def shard_seed(recipe: Recipe, index: int) -> int:
-    return recipe.model.seed * 1_000_003 + index
+def preflight(recipe: Recipe, out: str | Path) -> list[Shard]:
+    """Everything a user can get wrong, checked before any engine starts: the models exist,
+    the synthesizer's inputs and options make sense, the output is this recipe's."""
+    from roost.engines import ensure_available
+
+    ensure_available(recipe.model.model, recipe.model.revision)
+    synth = synthesizer_for(recipe)
+    synth.check()
+    shards = synth.plan()
+    check_resumable(recipe, out, len(shards))
+    return shards
 
 
 def run_shard(recipe: Recipe, out: str | Path, index: int) -> ShardStats:
     """Generate and write shard `index`. Safe to run on any worker that can see `out`."""
-    writer = writer_for(recipe, out)
+    synth = synthesizer_for(recipe)
+    shard = synth.plan()[index]
+    writer = writer_for(recipe, out, shard.count)
     if writer.is_done(index):
         return writer.shard_stats(index)
-    engine = get_engine(recipe.model)
-    synth = MagpieSynthesizer(recipe.magpie, engine, model_id=recipe.model.model, seed=recipe.model.seed)
-    result = synth.generate(
-        recipe.output.shard_rows(index),
-        random.Random(shard_seed(recipe, index)),
-        label=f"shard {index + 1}/{recipe.output.num_shards}",
-    )
-    provenance = provenance_for(recipe, engine.describe(), synth.provenance())
+    result = synth.generate(shard)
+    provenance = {
+        "roost_version": __version__,
+        "recipe_hash": recipe.fingerprint(),
+        "synthesizer": synth.kind,
+        "model": recipe.model.model,
+        "seed": recipe.model.seed,
+        "shard_seed": shard.seed,
+        "iteration": recipe.iteration,
+        **_engine_provenance(recipe),
+        **synth.provenance(),
+    }
     return writer.write_shard(index, result.rows, result.rejects, provenance, result.stats)
 
 
-def provenance_for(recipe: Recipe, engine: dict[str, Any], synth: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "roost_version": __version__,
-        "recipe_hash": recipe.fingerprint(),
-        "model": engine.get("model"),
-        "revision": engine.get("revision"),
-        "engine": engine,
-        "seed": recipe.model.seed,
-        **synth,
-    }
+def _engine_provenance(recipe: Recipe) -> dict[str, Any]:
+    from roost.engines import get_engine
+
+    engine = get_engine(recipe.model).describe()
+    return {"revision": engine.get("revision"), "engine": engine}
 
 
-def start_manifest(recipe: Recipe, out: str | Path) -> None:
-    writer = writer_for(recipe, out)
+def start_manifest(recipe: Recipe, out: str | Path, num_shards: int) -> None:
+    writer = writer_for(recipe, out, num_shards)
     if writer.read_manifest() is None:
-        writer.write_manifest(
-            base_manifest("sft", recipe.model_dump(mode="json"), recipe.fingerprint(), status="running")
-        )
+        writer.write_manifest(base_manifest(
+            writer.schema.name, recipe.model_dump(mode="json"), recipe.fingerprint(),
+            status="running", num_shards=num_shards))
 
 
-def finish_manifest(recipe: Recipe, out: str | Path) -> dict[str, Any]:
+def finish_manifest(recipe: Recipe, out: str | Path, num_shards: int) -> dict[str, Any]:
     """Rebuild the manifest from the shard files themselves: they are the source of truth."""
-    writer = writer_for(recipe, out)
-    done = [i for i in range(recipe.output.num_shards) if writer.is_done(i)]
-    stats = [writer.shard_stats(i) for i in done]
+    writer = writer_for(recipe, out, num_shards)
+    done = [i for i in range(num_shards) if writer.is_done(i)]
     provenance = _first_provenance(writer, done)
     manifest = base_manifest(
-        "sft",
+        writer.schema.name,
         recipe.model_dump(mode="json"),
         recipe.fingerprint(),
-        status="complete" if len(done) == recipe.output.num_shards else "partial",
-        schema=SFT_ROWS.name,
+        status="complete" if len(done) == num_shards else "partial",
+        schema=writer.schema.name,
         split=recipe.output.split,
-        num_shards=recipe.output.num_shards,
-        model=provenance.get("model", recipe.model.model),
-        revision=provenance.get("revision"),
-        engine=provenance.get("engine"),
-        seed=recipe.model.seed,
-        sampling={
-            "instruction": provenance.get("instruction_sampling"),
-            "response": provenance.get("response_sampling"),
-        },
-        first_turn_template=provenance.get("first_turn_template"),
-        system_prompts=provenance.get("system_prompts"),
-        **summarize(stats),
+        num_shards=num_shards,
+        **{k: v for k, v in provenance.items() if k not in ("recipe_hash", "roost_version", "shard_seed")},
+        **summarize([writer.shard_stats(i) for i in done]),
     )
+    if manifest["status"] == "complete":
+        manifest.update(synthesizer_for(recipe).finish(writer))
+    manifest.setdefault("model", recipe.model.model)
+    manifest.setdefault("seed", recipe.model.seed)
     writer.write_manifest(manifest)
     return manifest
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-from roost.recipe import RecipeError, load_recipe
+from roost.recipe import load_recipe
 
 # Prefect's ephemeral server would try to send telemetry; these machines (and many clusters) are offline.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -26,15 +28,41 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+@contextmanager
+def user_errors():
+    """A problem the user can fix is one line and exit 2; anything else is a bug in roost and
+    keeps its traceback (exit 1)."""
+    from roost.errors import UserError
+
+    try:
+        yield
+    except UserError as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _out_dir(out: Path) -> Path:
+    from roost.errors import ConfigError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".roost-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    return out
+
+
 @app.command()
 def build(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
-    model: Optional[str] = typer.Option(None, help="model hub id or local path (overrides the recipe)"),
+    model: Optional[str] = typer.Option(None, help="policy model: hub id or local path (overrides the recipe)"),
     revision: Optional[str] = typer.Option(None, help="model revision (overrides the recipe)"),
     out: Optional[Path] = typer.Option(None, help="output directory (default out/<recipe name>)"),
-    num_rows: Optional[int] = typer.Option(None, help="rows to generate (overrides the recipe)"),
+    num_rows: Optional[int] = typer.Option(None, help="rows to make, or input rows to use (overrides the recipe)"),
     shard_size: Optional[int] = typer.Option(None, help="rows per shard (overrides the recipe)"),
-    seed: Optional[int] = typer.Option(None, help="engine seed (overrides the recipe)"),
+    seed: Optional[int] = typer.Option(None, help="seed (overrides the recipe)"),
+    set_: list[str] = typer.Option([], "--set", help="any recipe field, e.g. --set synthesizer.k=8 (repeatable)"),
 ) -> None:
     """Build a dataset from a recipe. Re-running into the same --out resumes."""
     overrides = {
@@ -43,20 +71,32 @@ def build(
         "output.num_rows": num_rows,
         "output.shard_size": shard_size,
         "model.seed": seed,
+        **_parse_sets(set_),
     }
-    try:
+    with user_errors():
         rec = load_recipe(recipe, overrides)
-    except RecipeError as e:
-        _fail(str(e))
-    out_dir = out or Path("out") / rec.name
-    from roost.build import OutputMismatch
-    from roost.flows.build import build_flow
+        out_dir = _out_dir(out or Path("out") / rec.name)
+        from roost.build import preflight
+        from roost.flows.build import build_flow
 
-    try:
+        preflight(rec, out_dir)  # user errors surface here, before Prefect and the engines start
         manifest = build_flow(rec, str(out_dir))
-    except OutputMismatch as e:
-        _fail(str(e))
     _print_build_summary(manifest, out_dir)
+
+
+def _parse_sets(items: list[str]) -> dict:
+    from roost.errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set {item!r}: expected field=value")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+    return out
 
 
 @app.command()
@@ -65,49 +105,74 @@ def curate(
     out: Path = typer.Option(..., help="output directory"),
     recipe: Optional[Path] = typer.Option(None, help="curation recipe YAML (options below override it)"),
     split: Optional[str] = typer.Option(None, help="split to read and write (default train)"),
-    exact_field: Optional[str] = typer.Option(None, help="exact dedup key: first_instruction or conversation"),
+    exact_field: Optional[str] = typer.Option(None, help="exact dedup view: first_instruction, prompt, conversation, ..."),
     semantic: Optional[bool] = typer.Option(None, "--semantic/--no-semantic", help="semantic dedup on/off"),
     threshold: Optional[float] = typer.Option(None, help="semantic dedup: cosine similarity that counts as duplicate"),
     embedding_model: Optional[str] = typer.Option(None, help="sentence-transformers model (default: bundled all-MiniLM-L6-v2)"),
-    scorer: Optional[str] = typer.Option(None, help="one model for both deita scores (turns scoring on)"),
-    complexity_model: Optional[str] = typer.Option(None, help="deita complexity scorer (turns scoring on)"),
-    quality_model: Optional[str] = typer.Option(None, help="deita quality scorer (turns scoring on)"),
-    budget: Optional[int] = typer.Option(None, help="select at most this many rows, best deita score first (turns selection on)"),
+    scorer: Optional[str] = typer.Option(None, help="one model for both deita scores (adds the deita stage)"),
+    complexity_model: Optional[str] = typer.Option(None, help="deita complexity scorer (adds the deita stage)"),
+    quality_model: Optional[str] = typer.Option(None, help="deita quality scorer (adds the deita stage)"),
+    reward_model: Optional[str] = typer.Option(None, help="reward model (adds the reward stage)"),
+    budget: Optional[int] = typer.Option(None, help="select at most this many rows, best score first (adds selection)"),
     tau: Optional[float] = typer.Option(None, help="selection: max cosine similarity to an already selected row"),
     shard_size: Optional[int] = typer.Option(None, help="rows per output shard"),
 ) -> None:
-    """Deduplicate, score and select rows of a dataset; removed rows go to rejects/ with reasons."""
-    from roost.build import OutputMismatch
-    from roost.recipe import load_curate_recipe
-    from roost.sources import SourceError
+    """Deduplicate, filter, score and select rows (SFT or preference); removed rows go to rejects/ with reasons."""
+    from roost.recipe import CurateRecipe, _read_yaml, apply_overrides, stage_block, upgrade_curate, validate
 
-    scoring_on = True if (scorer or complexity_model or quality_model) else None
-    overrides = {
-        "input.path": input, "input.split": split, "exact_dedup.field": exact_field,
-        "semantic_dedup.enabled": semantic, "semantic_dedup.threshold": threshold,
-        "semantic_dedup.model": embedding_model, "scoring.enabled": scoring_on,
-        "scoring.complexity_model": complexity_model or scorer, "scoring.quality_model": quality_model or scorer,
-        "selection.enabled": True if budget else None, "selection.budget": budget, "selection.tau": tau,
-        "shard_size": shard_size,
-    }
-    try:
-        rec = load_curate_recipe(recipe, overrides)
-    except RecipeError as e:
-        _fail(str(e))
-    from roost.flows.curate import curate_flow
+    with user_errors():
+        raw = upgrade_curate(_read_yaml(recipe) if recipe is not None else {})
+        apply_overrides(raw, {"input.path": input, "input.split": split, "embedding.model": embedding_model,
+                              "shard_size": shard_size})
+        if semantic is False:
+            raw["stages"] = [b for b in raw.get("stages") or _default_stages() if b.get("kind") != "semantic_dedup"]
+        _stage_options(raw, stage_block, exact_field=exact_field, threshold=threshold, scorer=scorer,
+                       complexity_model=complexity_model, quality_model=quality_model, reward_model=reward_model,
+                       budget=budget, tau=tau, semantic=semantic)
+        rec = validate(CurateRecipe, raw, str(recipe) if recipe is not None else "options")
+        out_dir = _out_dir(out)
+        from roost.curate import preflight
+        from roost.flows.curate import curate_flow
 
-    try:
-        manifest = curate_flow(rec, str(out))
-    except (OutputMismatch, SourceError, ValueError) as e:
-        _fail(str(e).splitlines()[0])
+        preflight(rec, out_dir)  # user errors surface here, before Prefect and the models start
+        manifest = curate_flow(rec, str(out_dir))
     _print_curate_summary(manifest, out)
+
+
+def _default_stages() -> list[dict]:
+    from roost.recipe import default_stages
+
+    return default_stages()
+
+
+def _stage_options(raw, stage_block, *, exact_field, threshold, scorer, complexity_model, quality_model,
+                   reward_model, budget, tau, semantic) -> None:
+    if exact_field:
+        stage_block(raw, "exact_dedup", create=True)["view"] = exact_field
+    if threshold is not None or semantic:
+        block = stage_block(raw, "semantic_dedup", create=True)
+        if threshold is not None:
+            block["threshold"] = threshold
+    if scorer or complexity_model or quality_model:
+        block = stage_block(raw, "deita", create=True)
+        block["complexity_model"] = complexity_model or scorer or block.get("complexity_model")
+        block["quality_model"] = quality_model or scorer or block.get("quality_model")
+    if reward_model:
+        block = stage_block(raw, "reward", create=True)
+        block["model"] = {**(block.get("model") or {}), "model": reward_model}
+    if budget is not None or tau is not None:
+        block = stage_block(raw, "selection", create=True)
+        if budget is not None:
+            block["budget"] = budget
+        if tau is not None:
+            block["tau"] = tau
 
 
 def _print_curate_summary(manifest: dict, out_dir: Path) -> None:
     out = Console()
     if manifest.get("skipped"):
         out.print(f"already curated with this recipe: {out_dir} (nothing to do)")
-    table = Table(title="roost curate", show_header=True)
+    table = Table(title=f"roost curate ({manifest.get('row_kind', 'sft')} rows)", show_header=True)
     for col in ("stage", "in", "kept", "removed"):
         table.add_column(col)
     for st in manifest["stages"]:
@@ -143,27 +208,45 @@ def tiny_model(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("out/demo"), help="output directory"),
-    num_rows: int = typer.Option(200, help="rows to generate"),
+    num_rows: int = typer.Option(200, help="Magpie rows to generate (the pairs use their prompts)"),
 ) -> None:
-    """Offline end-to-end demo: build the tiny model, run Magpie on it, then curate the result."""
-    from roost.tiny_model import TinyModelSpec, build_tiny_model
+    """Offline end-to-end demo on tiny models built here: Magpie SFT rows, curated; then
+    reward-ranked preference pairs from their prompts, curated."""
+    from roost.tiny_model import TinyModelSpec, build_tiny_model, build_tiny_reward_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console.print(
-        "[yellow]Demo on a tiny model built here (2 layers, trained for a few seconds): it has "
-        "learned the chat format, but its words are noise. Point --model at a real model for real data.[/]"
+        "[yellow]Demo on tiny models built here (2 layers, trained for a few seconds): they have "
+        "learned the chat format, but their words are noise. Point --model at a real model for real data.[/]"
     )
     model_path = build_tiny_model(REPO / ".cache" / "models" / "tiny-chatml", TinyModelSpec(style="chatml"))
+    reward_path = build_tiny_reward_model(REPO / ".cache" / "models" / "tiny-reward")
     build(
         recipe=REPO / "recipes" / "magpie-demo.yaml", model=str(model_path), revision=None,
-        out=out / "magpie", num_rows=num_rows, shard_size=None, seed=None,
+        out=out / "magpie", num_rows=num_rows, shard_size=None, seed=None, set_=[],
     )
     console.print("[yellow]Curating it: dedup, deita scores (from the same tiny model, so noise too), selection.[/]")
     curate(
         input=str(out / "magpie"), out=out / "curated", recipe=REPO / "recipes" / "curate-demo.yaml",
         split=None, exact_field=None, semantic=None, threshold=None, embedding_model=None,
-        scorer=str(model_path), complexity_model=None, quality_model=None, budget=None, tau=None, shard_size=None,
+        scorer=str(model_path), complexity_model=None, quality_model=None, reward_model=None, budget=None, tau=None,
+        shard_size=None,
     )
+    console.print("[yellow]Preference pairs: 4 samples per Magpie prompt, ranked by the tiny reward model.[/]")
+    build(
+        recipe=REPO / "recipes" / "reward-pairs-demo.yaml", model=str(model_path), revision=None,
+        out=out / "pairs", num_rows=None, shard_size=None, seed=None,
+        set_=[f"synthesizer.prompts.path={out / 'magpie'}", f"synthesizer.reward_model.model={reward_path}"],
+    )
+    console.print("[yellow]Curating the pairs: dedup on the prompt, rewards re-scored.[/]")
+    curate(
+        input=str(out / "pairs"), out=out / "pairs-curated", recipe=REPO / "recipes" / "curate-pairs-demo.yaml",
+        split=None, exact_field=None, semantic=None, threshold=None, embedding_model=None,
+        scorer=None, complexity_model=None, quality_model=None, reward_model=str(reward_path), budget=None, tau=None,
+        shard_size=None,
+    )
+    Console().print(f"\nSFT rows: {out / 'curated'}   preference pairs: {out / 'pairs-curated'}   "
+                    f"(look inside: roost inspect {out / 'pairs-curated'})")
 
 
 def _print_build_summary(manifest: dict, out_dir: Path) -> None:

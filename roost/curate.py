@@ -1,103 +1,47 @@
-"""The work of `roost curate`, as plain functions (roost.flows.curate wires them into Prefect).
+"""The work of `roost curate`: the stage runner (roost.flows.curate wires it into Prefect).
 
-    input -> validate -> heuristics -> exact dedup -> semantic dedup -> deita scores -> selection -> Parquet
+    input -> parse/validate -> stages, in the recipe's order -> Parquet (data/ + rejects/)
 
-Memory stays bounded: the input is read in batches, three times (1: validate, filter, hash and
-embed; 2: score the survivors; 3: write). Between passes only per-row decisions, hashes, ids,
-scores and the embeddings are kept, never the text. Every row that does not reach the output
-is written to rejects/ with the stage and reason that removed it (and, for duplicates, the
-id of the row it duplicates). The output keeps the input's columns and adds the tag and
-score columns below.
+The runner alone owns the passes over the input, the ledger of decisions, the counts per
+stage and reason, the rejects, the progress bars and the output schema (the input's columns
+plus each stage's declared fields). Stages (roost/stages/) only decide.
+
+Memory stays bounded: the input is read in batches, never whole. Pass 1 parses and
+validates every row, runs the row filters that lead the list and computes the features
+later set stages asked for (key digests, embeddings). Each later run of row filters and
+annotators is one more pass over the surviving rows; set stages (dedup, selection) work on
+the in-memory arrays between passes; a last pass writes. Between passes only per-row
+decisions, digests, embeddings and column values are kept, never the text.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from roost import __version__
-from roost.build import OutputMismatch
-from roost.filters.base import FilterStep
-from roost.filters.exact_dedup import KEY_BUILDERS, dedup_digests
-from roost.filters.heuristics import (
-    LengthFilter,
-    NotARequestFilter,
-    RepeatedNgramFilter,
-    first_instruction,
-)
+from roost.errors import ConfigError, OutputMismatch
+from roost.filters.exact_dedup import digest
 from roost.recipe import CurateRecipe
-from roost.schemas import RowSchema, row_id
-from roost.sources import Columns, Source, open_source, to_conversation
-from roost.writer import (
-    REJECT,
-    DatasetWriter,
-    Reject,
-    ShardedOutput,
-    base_manifest,
-    read_manifest,
-    shard_name,
-    write_manifest,
+from roost.rows import Parsed, detect_kind, parse
+from roost.sources import Source, open_source
+from roost.stages.base import (
+    STAGES, Annotator, Digest, Embedding, RowFilter, SetDecision, SetStage, Stage, Survivors,
 )
+from roost.writer import REJECT, DatasetWriter, Reject, ShardedOutput, base_manifest, read_manifest, shard_name, write_manifest
+from roost.schemas import RowSchema
 
-TAG_FIELDS = [
-    pa.field("min_neighbor_distance", pa.float64()),  # cosine distance to the nearest other row
-    pa.field("repeat_count", pa.int64()),  # other rows at or above the dedup threshold
-    pa.field("nearest_id", pa.string()),
-    pa.field("nearest_similarity", pa.float64()),
-]
-SCORE_FIELDS = [
-    pa.field("complexity_scores", pa.list_(pa.float64())),
-    pa.field("quality_scores", pa.list_(pa.float64())),
-    pa.field("deita_score", pa.float64()),
-    pa.field("deita_score_reason", pa.string()),
-]
-SELECTION_FIELDS = [
-    pa.field("selection_rank", pa.int64()),
-    pa.field("nearest_kept_similarity", pa.float64()),
-]
+SCORE_COLUMNS = ("deita_score", "reward", "chosen_reward", "reward_margin")
 
 
 @dataclass
-class Survivors:
-    """Rows still in, as arrays (no per-row Python objects outlive a read batch: with 1M rows,
-    millions of small long-lived strings would fragment the heap and grow memory with N).
-
-    `p1` indexes the rows that passed pass 1; their ids live in `Curation.p1_ids`."""
-
-    p1: np.ndarray  # int64 index into pass-1 rows
-    position: np.ndarray  # int64 row number in the input
-    digests: np.ndarray  # (n, 16) uint8: hash of the normalized exact-dedup key
-    priority: np.ndarray  # float64, NaN = none
-    embeddings: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.p1)
-
-    def subset(self, keep) -> Survivors:
-        keep = np.asarray(keep, dtype=np.int64)
-        return Survivors(self.p1[keep], self.position[keep], self.digests[keep], self.priority[keep],
-                         self.embeddings[keep] if self.embeddings is not None else None)
-
-    def priorities(self) -> list[float | None]:
-        return [None if math.isnan(v) else float(v) for v in self.priority]
-
-
-@dataclass
-class Stage:
+class StageReport:
     name: str
     rows_in: int
     kept: int
@@ -106,37 +50,119 @@ class Stage:
 
 
 class Ledger:
-    """Per input row: why it was removed (a code), and the tag columns it gets. Columnar."""
-
-    NAN_TAGS = ("min_neighbor_distance", "nearest_similarity", "deita_score", "nearest_kept_similarity", "similarity")
-    INT_TAGS = ("repeat_count", "nearest_p1", "selection_rank", "duplicate_of_p1")
+    """Per input row: why it was removed (a code), the number its detail is made from, the row
+    it duplicates, and the values of the columns stages add. Columnar: numpy arrays for
+    numbers (NaN = null), a dict only for values that are lists or text."""
 
     def __init__(self, total: int):
+        self.total = total
         self.codes: list[tuple[str, str]] = [("", "")]  # code 0: still in
         self.fate = np.zeros(total, dtype=np.int16)
-        self.details: dict[int, str] = {}  # only for reasons whose detail is row-specific text
-        self.arrays = {name: np.full(total, np.nan) for name in self.NAN_TAGS}
-        self.arrays.update({name: np.full(total, -1, dtype=np.int64) for name in self.INT_TAGS})
-        self.score_lists: dict[int, tuple[list, list, str | None]] = {}
+        self.details: dict[int, str] = {}
+        self.measure = np.full(total, np.nan)
+        self.ref = np.full(total, -1, dtype=np.int64)  # position of the row it duplicates
+        self.numbers: dict[str, np.ndarray] = {}
+        self.objects: dict[str, dict[int, Any]] = {}
+        self.types: dict[str, pa.DataType] = {}
 
     def code(self, stage: str, reason: str) -> int:
         if (stage, reason) not in self.codes:
             self.codes.append((stage, reason))
         return self.codes.index((stage, reason))
 
-    def remove(self, positions, stage: str, reason: str) -> None:
-        self.fate[np.asarray(positions, dtype=np.int64)] = self.code(stage, reason)
+    def remove(self, pos: int, stage: str, reason: str, detail: str | None = None) -> None:
+        self.fate[pos] = self.code(stage, reason)
+        if detail:
+            self.details[pos] = detail
 
     def counts(self, stage: str | None = None) -> dict[str, int]:
         hist = np.bincount(self.fate, minlength=len(self.codes))
         return {r: int(hist[c]) for c, (st, r) in enumerate(self.codes)
                 if c and hist[c] and (stage is None or st == stage)}
 
+    def declare(self, f: pa.Field) -> None:
+        self.types[f.name] = f.type
+        if pa.types.is_floating(f.type) or pa.types.is_integer(f.type):
+            self.numbers[f.name] = np.full(self.total, np.nan)
+        else:
+            self.objects[f.name] = {}
+
+    def put(self, name: str, positions: np.ndarray, values) -> None:
+        if name in self.numbers:
+            self.numbers[name][positions] = np.asarray(
+                [np.nan if v is None else v for v in values] if isinstance(values, list) else values, dtype=np.float64)
+        else:
+            store = self.objects[name]
+            for p, v in zip(positions.tolist(), values):
+                store[p] = v
+
     def get(self, name: str, pos: int):
-        v = self.arrays[name][pos]
-        if isinstance(v, np.floating):
-            return None if math.isnan(v) else float(v)
-        return None if v < 0 else int(v)
+        if name in self.numbers:
+            v = self.numbers[name][pos]
+            if math.isnan(v):
+                return None
+            return int(v) if pa.types.is_integer(self.types[name]) else float(v)
+        return self.objects[name].get(pos)
+
+
+class Context:
+    """What stages may ask of the run: the row kind, default views, the shared embedder,
+    input priorities and the columns earlier stages wrote."""
+
+    def __init__(self, recipe: CurateRecipe, source: Source):
+        self.recipe = recipe
+        self.cols = recipe.input.columns()
+        self.kind, self.form = detect_kind(source.schema, self.cols)
+        self.has_priority = recipe.input.score_column is not None
+        self.stages: list[Stage] = []
+        self.ledger: Ledger | None = None
+        self.embedder_info: dict[str, Any] | None = None
+        self._embedder = None
+
+    def view(self, name: str) -> str:
+        if name != "auto":
+            return name
+        return "prompt" if self.kind == "preference" else "first_instruction"
+
+    def priority(self, s: Survivors) -> np.ndarray | None:
+        return s.priority if self.has_priority else None
+
+    def embedder(self):
+        if self._embedder is None:
+            from roost.embeddings import Embedder
+
+            cfg = self.recipe.embedding
+            self._embedder = Embedder(cfg.model, batch_size=cfg.batch_size)
+            self.embedder_info = self._embedder.describe()
+        return self._embedder
+
+    def config_error(self, stage: Stage, message: str) -> ConfigError:
+        index = next((i for i, c in enumerate(self.recipe.stages) if c is stage.config), "?")
+        return ConfigError(f"stages[{index}] ({stage.kind}): {message}")
+
+    def score_column(self, stage: Stage, name: str | None) -> str:
+        """The column a stage ranks by: `name`, or the last score written before it."""
+        earlier = self.stages[: self.stages.index(stage)]
+        written = [f.name for st in earlier for f in st.fields()]
+        if name == "input" or (name is None and not any(c in written for c in SCORE_COLUMNS) and self.has_priority):
+            if not self.has_priority:
+                raise self.config_error(stage, "score 'input' needs input.score_column")
+            return "input"
+        if name is None:
+            found = [c for c in written if c in SCORE_COLUMNS]
+            if not found:
+                raise self.config_error(stage, "needs scores: put a deita or reward stage before it, "
+                                               "or set input.score_column")
+            return found[-1]
+        if name not in written:
+            raise self.config_error(stage, f"no earlier stage writes '{name}' (written: {', '.join(written) or 'none'})")
+        return name
+
+    def scores(self, stage: Stage, s: Survivors, name: str | None) -> tuple[str, np.ndarray]:
+        column = self.score_column(stage, name)
+        if column == "input":
+            return column, s.priority
+        return column, self.ledger.numbers[column][s.position]
 
 
 class Curation:
@@ -144,195 +170,179 @@ class Curation:
         self.recipe = recipe
         self.source = source
         self.out = Path(out)
-        self.cols = Columns(
-            recipe.input.messages_column, recipe.input.instruction_column,
-            recipe.input.response_column, recipe.input.id_column,
-        )
-        self.form = self.cols.check(source.schema)
-        self.stages: list[Stage] = []
+        self.context = Context(recipe, source)
+        self.stages = [STAGES.get(c.kind)(c, self.context) for c in recipe.stages]
+        self.context.stages = self.stages
+        for stage in self.stages:
+            if isinstance(stage, SetStage) and stage.kind == "selection":
+                self.context.score_column(stage, stage.config.score)  # fail now, not after an hour
+        self.reports: list[StageReport] = []
         self.total = 0
         self.ledger: Ledger | None = None
         self.p1_ids: pa.ChunkedArray | None = None
         self.p1_of: np.ndarray | None = None
-        self.embedder_info: dict[str, Any] | None = None
-        self.scorer_info: dict[str, Any] | None = None
         self._progress = _progress_bar() if progress else None
+
+    def run(self) -> dict[str, Any]:
+        lead = 0
+        while lead < len(self.stages) and isinstance(self.stages[lead], RowFilter):
+            lead += 1
+        with self._progress or _Null():
+            s = self.first_pass(self.stages[:lead])
+            rest = self.stages[lead:]
+            i = 0
+            while i < len(rest):
+                if isinstance(rest[i], SetStage):
+                    s = self.apply_set(rest[i], s)
+                    i += 1
+                    continue
+                j = i
+                while j < len(rest) and not isinstance(rest[j], SetStage):
+                    j += 1
+                s = self.data_pass(rest[i:j], s)
+                i = j
+            return self.write(s)
 
     # -- passes -------------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
-        with self._progress or _Null():
-            survivors = self.read_and_filter()
-            survivors = self.exact(survivors)
-            survivors = self.semantic(survivors)
-            self.score(survivors)
-            survivors = self.select(survivors)
-            return self.write(survivors)
-
-    def read_and_filter(self) -> Survivors:
-        """Pass 1: validate every row, apply the heuristics, hash the key, embed the text."""
-        cfg = self.recipe
-        heuristics = FilterStep(_heuristics(cfg)) if cfg.heuristics.enabled else None
-        key_fn = KEY_BUILDERS[cfg.exact_dedup.field]
-        embed_fn = _embed_text(cfg.semantic_dedup.field)
-        embedder = self._embedder() if (cfg.semantic_dedup.enabled or cfg.selection.enabled) else None
-        kept = {"position": [], "ids": [], "digests": [], "priority": [], "embeddings": []}
+    def first_pass(self, filters: list[RowFilter]) -> Survivors:
+        """Parse and validate every row, run the leading row filters, compute features."""
+        features = list(dict.fromkeys(f for st in self.stages if isinstance(st, SetStage) for f in st.features()))
+        embedder = self.context.embedder() if any(isinstance(f, Embedding) for f in features) else None
+        kept: dict[str, list] = {"position": [], "ids": [], "priority": []}
+        feats: dict[Any, list] = {f: [] for f in features}
         removed: list[tuple[int, str, str, str | None]] = []
         task = self._task("read, filter, embed")
-        for batch in self.source.batches(cfg.input.batch_size):
-            pos_b, ids_b, dig_b, pri_b, texts = [], [], [], [], []
+        cfg = self.recipe.input
+        for batch in self.source.batches(cfg.batch_size):
+            pos_b, ids_b, pri_b, rows_b = [], [], [], []
             for row in batch:
                 pos, self.total = self.total, self.total + 1
-                conv, problem = to_conversation(row, self.form, self.cols)
+                parsed, problem = parse(row, self.context.form, self.context.cols)
                 if problem:
                     removed.append((pos, "validate", "bad_input", problem))
                     continue
-                view = {"messages": conv}
-                drop = heuristics.first_drop(view) if heuristics else None
+                drop, stage = next(((d, f) for f in filters if (d := f.filter(parsed))), (None, None))
                 if drop:
-                    removed.append((pos, "heuristics", drop.reason, drop.detail))
+                    removed.append((pos, stage.name, drop.reason, drop.detail))
                     continue
                 pos_b.append(pos)
-                ids_b.append(_external_id(row, self.cols.id, conv))
-                dig_b.append(hashlib.blake2b(key_fn(view).encode(), digest_size=16).digest())
-                pri_b.append(_priority(row, cfg.input.score_column))
-                texts.append(embed_fn(view))
+                ids_b.append(_external_id(row, self.context.cols.id, parsed))
+                pri_b.append(_priority(row, cfg.score_column))
+                rows_b.append(parsed)
             kept["position"].append(np.asarray(pos_b, dtype=np.int64))
             kept["ids"].append(pa.array(ids_b, pa.string()))
-            kept["digests"].append(np.frombuffer(b"".join(dig_b), dtype=np.uint8).reshape(-1, 16))
-            kept["priority"].append(np.asarray([np.nan if v is None else v for v in pri_b], dtype=np.float64))
-            if embedder and texts:
-                kept["embeddings"].append(embedder.encode(texts))
+            kept["priority"].append(np.asarray(pri_b, dtype=np.float64))
+            for f in features:
+                texts = [r.view(f.view) for r in rows_b]
+                if isinstance(f, Digest):
+                    feats[f].append(np.frombuffer(b"".join(digest(t) for t in texts), np.uint8).reshape(-1, 16))
+                elif texts:
+                    feats[f].append(embedder.encode(texts))
             self._advance(task, len(batch))
 
-        self.ledger = Ledger(self.total)
+        self.ledger = self.context.ledger = Ledger(self.total)
+        for st in self.stages:
+            for f in st.fields():
+                self.ledger.declare(f)
         for pos, stage, reason, detail in removed:
-            self.ledger.fate[pos] = self.ledger.code(stage, reason)
-            if detail:
-                self.ledger.details[pos] = detail
+            self.ledger.remove(pos, stage, reason, detail)
         self.p1_ids = pa.chunked_array(kept["ids"], pa.string())
-        position = np.concatenate(kept["position"]) if kept["position"] else np.zeros(0, np.int64)
-        self.p1_of = np.full(self.total, -1, dtype=np.int64)  # input position -> pass-1 index
+        position = _cat(kept["position"], np.zeros(0, np.int64))
+        self.p1_of = np.full(self.total, -1, dtype=np.int64)
         self.p1_of[position] = np.arange(len(position))
-        s = Survivors(
-            p1=np.arange(len(position), dtype=np.int64),
-            position=position,
-            digests=np.concatenate(kept["digests"]) if kept["digests"] else np.zeros((0, 16), np.uint8),
-            priority=np.concatenate(kept["priority"]) if kept["priority"] else np.zeros(0),
-        )
-        if embedder:
-            s.embeddings = np.concatenate(kept["embeddings"]) if kept["embeddings"] else np.zeros((0, embedder.dim), np.float32)
-        bad = self.ledger.counts("validate").get("bad_input", 0)
-        self._stage("validate", self.total, self.total - bad, self.ledger.counts("validate"))
-        if heuristics:
-            self._stage("heuristics", self.total - bad, len(s), self.ledger.counts("heuristics"),
-                        {f.name: f.settings() for f in heuristics.filters})
+        s = Survivors(position, _cat(kept["priority"], np.zeros(0)))
+        for f in features:
+            empty = np.zeros((0, 16), np.uint8) if isinstance(f, Digest) else np.zeros((0, embedder.dim), np.float32)
+            s.features[f] = _cat(feats[f], empty)
+        counts = self.ledger.counts("validate")
+        self._report("validate", self.total, counts, {"kind": self.context.kind, "form": self.context.form})
+        rows_in = self.total - sum(counts.values())
+        for st in filters:
+            removed_here = self.ledger.counts(st.name)
+            self._report(st.name, rows_in, removed_here, st.settings())
+            rows_in -= sum(removed_here.values())
         return s
 
-    def exact(self, s: Survivors) -> Survivors:
-        if not self.recipe.exact_dedup.enabled:
-            return s
-        n = len(s)
-        keep, survivor = dedup_digests(s.digests, s.priority if self._has_priority() else None)
-        removed = np.flatnonzero(~keep)
-        self.ledger.remove(s.position[removed], "exact_dedup", "exact_duplicate")
-        self.ledger.arrays["duplicate_of_p1"][s.position[removed]] = s.p1[survivor[removed]]
-        self.ledger.arrays["similarity"][s.position[removed]] = 1.0
-        self._stage("exact_dedup", n, n - len(removed), {"exact_duplicate": len(removed)},
-                    {"field": self.recipe.exact_dedup.field, "normalization": "NFKC, casefold, whitespace"})
-        return s.subset(np.flatnonzero(keep))
-
-    def semantic(self, s: Survivors) -> Survivors:
-        cfg = self.recipe.semantic_dedup
-        if not cfg.enabled:
-            return s
-        from roost.filters.semantic_dedup import semantic_dedup
-
-        n = len(s)
-        task = self._task("semantic dedup", total=1)
-        result = semantic_dedup(
-            s.embeddings, [str(i) for i in range(n)], threshold=cfg.threshold,
-            scores=s.priorities() if self._has_priority() else None, k=cfg.k, index=cfg.index,
-        )
+    def apply_set(self, stage: SetStage, s: Survivors) -> Survivors:
+        task = self._task(stage.name, total=1)
+        d: SetDecision = stage.run(s)
         self._advance(task, 1)
-        a = self.ledger.arrays
-        a["min_neighbor_distance"][s.position] = np.asarray(result.tags["min_neighbor_distance"], dtype=np.float64)
-        a["repeat_count"][s.position] = np.asarray(result.tags["repeat_count"], dtype=np.int64)
-        a["nearest_similarity"][s.position] = np.asarray(result.tags["nearest_similarity"], dtype=np.float64)
-        near = np.array([-1 if v is None else int(v) for v in result.tags["nearest_id"]], dtype=np.int64)
-        a["nearest_p1"][s.position] = np.where(near >= 0, s.p1[np.maximum(near, 0)], -1)
-        removed = result.removed_indices()
-        self.ledger.remove(s.position[removed], "semantic_dedup", "semantic_duplicate")
-        dup = np.array([int(result.duplicate_of[i]) for i in removed], dtype=np.int64)
-        a["duplicate_of_p1"][s.position[removed]] = s.p1[dup] if len(dup) else dup
-        a["similarity"][s.position[removed]] = [result.similarity[i] for i in removed]
-        settings = {**result.settings, "field": cfg.field, "embedding": self.embedder_info}
-        self._stage("semantic_dedup", n, n - len(removed), {"semantic_duplicate": len(removed)}, settings)
-        return s.subset(result.kept_indices())
+        gone = np.flatnonzero(~d.keep)
+        positions = s.position[gone]
+        for reason in set(d.reasons[gone].tolist()) if len(gone) else ():
+            self.ledger.fate[positions[d.reasons[gone] == reason]] = self.ledger.code(stage.name, reason)
+        if d.measure is not None:
+            self.ledger.measure[positions] = d.measure[gone]
+        if d.duplicate_of is not None:
+            dup = d.duplicate_of[gone]
+            self.ledger.ref[positions] = np.where(dup >= 0, s.position[np.maximum(dup, 0)], -1)
+        for name, values in d.columns.items():
+            self.ledger.put(name, s.position, values)
+        self._report(stage.name, len(s), self.ledger.counts(stage.name), {**stage.settings(), **d.settings})
+        return s.subset(np.flatnonzero(d.keep))
 
-    def score(self, s: Survivors) -> None:
-        """Pass 2: deita complexity and quality for every surviving row, batched."""
-        cfg = self.recipe.scoring
-        if not cfg.enabled:
-            return
-        complexity, quality = self._scorers()
+    def data_pass(self, group: list[Stage], s: Survivors) -> Survivors:
+        """One pass over the survivors for a run of row filters and annotators."""
         alive = np.zeros(self.total, dtype=bool)
         alive[s.position] = True
-        task = self._task("deita scores", total=len(s))
-        pending: list[tuple[int, list[dict]]] = []
+        rows_in = {st.name: 0 for st in group}
+        batch_size = max([st.batch_size for st in group if isinstance(st, Annotator)] or [1024])
+        task = self._task(" + ".join(st.name for st in group), total=len(s))
+        pending: list[tuple[int, Parsed]] = []
 
         def flush():
-            results = _score_batch(complexity, quality, [c for _, c in pending])
-            for (pos, _), r in zip(pending, results):
-                self.ledger.arrays["deita_score"][pos] = np.nan if r["deita_score"] is None else r["deita_score"]
-                self.ledger.score_lists[pos] = (r["complexity_scores"], r["quality_scores"], r["deita_score_reason"])
+            batch = pending
+            for st in group:
+                rows_in[st.name] += len(batch)
+                if isinstance(st, RowFilter):
+                    survivors = []
+                    for pos, row in batch:
+                        drop = st.filter(row)
+                        if drop:
+                            self.ledger.remove(pos, st.name, drop.reason, drop.detail)
+                            alive[pos] = False
+                        else:
+                            survivors.append((pos, row))
+                    batch = survivors
+                    continue
+                notes = st.annotate([row for _, row in batch]) if batch else []
+                positions = np.asarray([pos for pos, _ in batch], dtype=np.int64)
+                for f in st.fields():
+                    self.ledger.put(f.name, positions, [a.values.get(f.name) for a in notes])
+                for (pos, _), note in zip(batch, notes):
+                    if note.drop:
+                        self.ledger.remove(pos, st.name, note.drop.reason, note.drop.detail)
+                        alive[pos] = False
+                batch = [(pos, row) for (pos, row), note in zip(batch, notes) if not note.drop]
             self._advance(task, len(pending))
             pending.clear()
 
         for pos, row in self._rows():
             if alive[pos]:
-                conv, _ = to_conversation(row, self.form, self.cols)
-                pending.append((pos, conv))
-                if len(pending) >= cfg.batch_size:
+                parsed, _ = parse(row, self.context.form, self.context.cols)
+                pending.append((pos, parsed))
+                if len(pending) >= batch_size:
                     flush()
         flush()
-        nulls = int(np.isnan(self.ledger.arrays["deita_score"][s.position]).sum())
-        self._stage("deita_scoring", len(s), len(s), {}, {**self.scorer_info, "null_scores": nulls})
-
-    def select(self, s: Survivors) -> Survivors:
-        cfg = self.recipe.selection
-        if not cfg.enabled:
-            return s
-        from roost.selection import select_diverse
-
-        if self.recipe.scoring.enabled:
-            values = [None if math.isnan(v) else float(v) for v in self.ledger.arrays["deita_score"][s.position]]
-        elif self._has_priority():
-            values = s.priorities()
-        else:
-            raise ValueError("selection needs scores: enable scoring or set input.score_column")
-        result = select_diverse(s.embeddings, values, cfg.budget, cfg.tau)
-        a = self.ledger.arrays
-        a["selection_rank"][s.position] = result.rank
-        a["nearest_kept_similarity"][s.position] = result.nearest_kept_similarity
-        dropped = ~result.selected_mask
-        self.ledger.remove(s.position[dropped & result.considered], "selection", "too_similar_to_selected")
-        self.ledger.remove(s.position[dropped & ~result.considered], "selection", "over_budget")
-        self._stage("selection", len(s), len(result.selected), self.ledger.counts("selection"), result.settings)
-        return s.subset(np.sort(np.asarray(result.selected, dtype=np.int64)))
+        for st in group:
+            self._report(st.name, rows_in[st.name], self.ledger.counts(st.name), st.settings())
+        return s.subset(np.flatnonzero(alive[s.position]))
 
     def write(self, s: Survivors) -> dict[str, Any]:
-        """Pass 3: stream the input again; survivors to data/, everything else to rejects/."""
+        """Last pass: stream the input again; survivors to data/, everything else to rejects/."""
         cfg = self.recipe
         schema = self._output_schema()
         n_out, n_rej = len(s), self.total - len(s)
         shards = max(1, math.ceil(n_out / cfg.shard_size), math.ceil(n_rej / cfg.shard_size))
         writer = DatasetWriter(self.out, RowSchema("curated", schema), split=cfg.input.split, num_shards=shards)
-        meta = self._provenance()
+        meta = {"provenance": {"roost_version": __version__, "recipe_hash": cfg.fingerprint(),
+                               "input": self.source.description}}
         data = ShardedOutput(writer.data_path, shards, cfg.shard_size, _with_meta(schema, meta))
         rejects = ShardedOutput(writer.rejects_path, shards, cfg.shard_size, _with_meta(REJECT, meta))
         pending: list[dict] = []
         task = self._task("write", total=self.total)
+        fields = [(f.name, f.name in st.refs()) for st in self.stages for f in st.fields()]
 
         def flush_pending():
             good, bad = writer.validate(pending)
@@ -345,7 +355,7 @@ class Curation:
         try:
             for pos, row in self._rows():
                 if self.ledger.fate[pos] == 0:
-                    pending.append(self._output_row(pos, row))
+                    pending.append(self._output_row(pos, row, fields))
                     if len(pending) >= 4096:
                         flush_pending()
                 else:
@@ -369,114 +379,64 @@ class Curation:
                 pos += 1
 
     def _output_schema(self) -> pa.Schema:
-        extra = [*TAG_FIELDS] if self.recipe.semantic_dedup.enabled else []
-        extra += SCORE_FIELDS if self.recipe.scoring.enabled else []
-        extra += SELECTION_FIELDS if self.recipe.selection.enabled else []
+        extra = [f for st in self.stages for f in st.fields()]
         base = self.source.schema.remove_metadata()
         names = {f.name for f in extra}
         fields = [f for f in base if f.name not in names]
-        if self.cols.id not in base.names:
-            fields.insert(0, pa.field(self.cols.id, pa.string()))
+        if self.context.cols.id not in base.names:
+            fields.insert(0, pa.field(self.context.cols.id, pa.string()))
         return pa.schema(fields + extra)
 
-    def _output_row(self, pos: int, row: dict) -> dict:
+    def _output_row(self, pos: int, row: dict, fields: list[tuple[str, bool]]) -> dict:
         out = dict(row)
-        if self.cols.id not in out:
-            out[self.cols.id] = self._id(pos, row)
-        cfg, get = self.recipe, self.ledger.get
-        if cfg.semantic_dedup.enabled:
-            near = get("nearest_p1", pos)
-            out.update(
-                min_neighbor_distance=get("min_neighbor_distance", pos),
-                repeat_count=get("repeat_count", pos),
-                nearest_id=self.p1_ids[near].as_py() if near is not None else None,
-                nearest_similarity=get("nearest_similarity", pos),
-            )
-        if cfg.scoring.enabled:
-            c, q, reason = self.ledger.score_lists.get(pos, ([], [], "not scored"))
-            out.update(complexity_scores=c, quality_scores=q, deita_score=get("deita_score", pos),
-                       deita_score_reason=reason)
-        if cfg.selection.enabled:
-            out.update(selection_rank=get("selection_rank", pos),
-                       nearest_kept_similarity=get("nearest_kept_similarity", pos))
+        if self.context.cols.id not in out:
+            out[self.context.cols.id] = self._id(pos, row)
+        for name, is_ref in fields:
+            value = self.ledger.get(name, pos)
+            out[name] = self._id_at(value) if is_ref else value
         return out
 
     def _reject(self, pos: int, row: dict) -> Reject:
-        stage, reason = self.ledger.codes[self.ledger.fate[pos]]
-        get = self.ledger.get
-        dup = get("duplicate_of_p1", pos)
-        duplicate_of = self.p1_ids[dup].as_py() if dup is not None else None
+        stage_name, reason = self.ledger.codes[self.ledger.fate[pos]]
         detail = self.ledger.details.get(pos)
-        if reason == "exact_duplicate":
-            detail = f"same normalized {self.recipe.exact_dedup.field}"
-        elif reason == "semantic_duplicate":
-            detail = f"cosine {get('similarity', pos):.4f} >= {self.recipe.semantic_dedup.threshold}"
-        elif reason == "too_similar_to_selected":
-            detail = f"cosine {get('nearest_kept_similarity', pos):.4f} > tau {self.recipe.selection.tau}"
-        elif reason == "over_budget":
-            detail = f"budget {self.recipe.selection.budget} filled before rank {get('selection_rank', pos)}"
-        return Reject(stage, reason, row, id=self._id(pos, row), detail=detail, duplicate_of=duplicate_of)
+        if detail is None:
+            stage = next((st for st in self.stages if st.name == stage_name), None)
+            detail = stage.detail(reason, float(self.ledger.measure[pos])) if stage else None
+        ref = int(self.ledger.ref[pos])
+        return Reject(stage_name, reason, row, id=self._id(pos, row), detail=detail,
+                      duplicate_of=self._id_at(ref) if ref >= 0 else None)
+
+    def _id_at(self, pos: int | None) -> str | None:
+        if pos is None or pos < 0 or self.p1_of[pos] < 0:
+            return None
+        return self.p1_ids[int(self.p1_of[pos])].as_py()
 
     def _id(self, pos: int, row: dict) -> str | None:
-        """The row's id as pass 1 computed it; rows dropped in pass 1 get theirs recomputed
-        (None if the row is not a conversation)."""
-        p1 = self.p1_of[pos]
-        if p1 >= 0:
-            return self.p1_ids[int(p1)].as_py()
-        conv, problem = to_conversation(row, self.form, self.cols)
-        return None if problem else _external_id(row, self.cols.id, conv)
+        """The id pass 1 gave the row; rows dropped in pass 1 get theirs recomputed (None if
+        the row cannot be parsed)."""
+        if self.p1_of[pos] >= 0:
+            return self._id_at(pos)
+        parsed, problem = parse(row, self.context.form, self.context.cols)
+        return None if problem else _external_id(row, self.context.cols.id, parsed)
 
-    def _has_priority(self) -> bool:
-        return self.recipe.input.score_column is not None
-
-    def _embedder(self):
-        from roost.embeddings import Embedder
-
-        cfg = self.recipe.semantic_dedup
-        embedder = Embedder(cfg.model, batch_size=cfg.embed_batch_size)
-        self.embedder_info = embedder.describe()
-        return embedder
-
-    def _scorers(self):
-        from roost.engines import EngineConfig, get_engine
-        from roost.scorers.deita import DeitaScorer
-
-        cfg = self.recipe.scoring
-        if not cfg.complexity_model or not cfg.quality_model:
-            raise ValueError("scoring needs scoring.complexity_model and scoring.quality_model")
-        engines = {}
-        for role, model in (("complexity", cfg.complexity_model), ("quality", cfg.quality_model)):
-            config = EngineConfig(model=model, dtype=cfg.dtype, max_model_len=cfg.max_model_len)
-            engines[role] = DeitaScorer(get_engine(config), overflow=cfg.overflow)
-        self.scorer_info = {
-            "complexity": {**engines["complexity"].engine.describe(), **engines["complexity"].settings()},
-            "quality": {**engines["quality"].engine.describe(), **engines["quality"].settings()},
-        }
-        return engines["complexity"], engines["quality"]
-
-    def _stage(self, name, rows_in, kept, removed, settings=None):
-        self.stages.append(Stage(name, rows_in, kept, dict(removed), settings or {}))
-
-    def _provenance(self) -> dict[str, Any]:
-        return {"provenance": {"roost_version": __version__, "recipe_hash": self.recipe.fingerprint(),
-                               "input": self.source.description}}
+    def _report(self, name, rows_in, removed, settings=None):
+        self.reports.append(StageReport(name, rows_in, rows_in - sum(removed.values()), dict(removed), settings or {}))
 
     def _manifest(self, shards: int, counts: dict[str, list[int]]) -> dict[str, Any]:
-        by_reason = self.ledger.counts()
         split = self.recipe.input.split
         return base_manifest(
             "curated",
             self.recipe.model_dump(mode="json"),
             self.recipe.fingerprint(),
             status="complete",
+            row_kind=self.context.kind,
             input=self.source.description,
             input_rows=self.total,
-            stages=[s.__dict__ for s in self.stages],
-            embedding=self.embedder_info,
-            scoring=self.scorer_info,
+            stages=[r.__dict__ for r in self.reports],
+            embedding=self.context.embedder_info,
             rows=sum(counts["data"]),
             rejects=sum(counts["rejects"]),
-            rejects_by_reason=by_reason,
+            rejects_by_reason=self.ledger.counts(),
             split=split,
             num_shards=shards,
             shards={shard_name(split, i, shards): {"rows": counts["data"][i], "rejects": counts["rejects"][i]}
@@ -495,8 +455,10 @@ class Curation:
             self._progress.advance(task, n)
 
 
-def curate(recipe: CurateRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Curate `recipe.input.path` into `out`. Re-running a finished curation is a no-op."""
+def preflight(recipe: CurateRecipe, out: str | Path, *, progress: bool = False) -> Curation | dict[str, Any]:
+    """What a user can get wrong, checked before any model loads: the output is this recipe's,
+    the input opens and is of a known kind, every stage's options fit it. Returns the finished
+    manifest when there is nothing to do."""
     out = Path(out)
     existing = read_manifest(out)
     if existing:
@@ -505,12 +467,23 @@ def curate(recipe: CurateRecipe, out: str | Path, *, progress: bool = True) -> d
                                  "choose another --out or delete it")
         if existing.get("status") == "complete":
             return {**existing, "skipped": True}
+    if not recipe.input.path:
+        raise ConfigError("field 'input.path': required (the dataset to curate)")
     source = open_source(recipe.input.path, split=recipe.input.split)
+    return Curation(recipe, source, out, progress=progress)
+
+
+def curate(recipe: CurateRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Curate `recipe.input.path` into `out`. Re-running a finished curation is a no-op."""
+    out = Path(out)
+    curation = preflight(recipe, out, progress=progress)
+    if isinstance(curation, dict):
+        return curation
     write_manifest(out, base_manifest("curated", recipe.model_dump(mode="json"), recipe.fingerprint(),
-                                              status="running"))
+                                      status="running"))
     for stale in [*out.glob("data/*.parquet"), *out.glob("rejects/*.parquet")]:
         stale.unlink()  # a previous unfinished run of this same recipe: its shard plan may differ
-    manifest = Curation(recipe, source, out, progress=progress).run()
+    manifest = curation.run()
     write_manifest(out, manifest)
     return manifest
 
@@ -518,55 +491,20 @@ def curate(recipe: CurateRecipe, out: str | Path, *, progress: bool = True) -> d
 # -- small pure helpers -----------------------------------------------------------------------
 
 
-def _heuristics(recipe: CurateRecipe):
-    h = recipe.heuristics
-    filters = [
-        LengthFilter(h.min_instruction_chars, h.max_instruction_chars, h.min_response_chars, h.max_response_chars),
-        RepeatedNgramFilter(n=h.ngram, max_fraction=h.max_repeated_ngram_fraction),
-    ]
-    if h.not_a_request:
-        filters.insert(0, NotARequestFilter())
-    return filters
+def _cat(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    return np.concatenate(parts) if parts else empty
 
 
-def _embed_text(field_name: str) -> Callable[[dict], str]:
-    if field_name == "first_instruction":
-        return first_instruction
-    return lambda view: "\n".join(f"{m['role']}: {m['content']}" for m in view["messages"])
-
-
-def _external_id(row: dict, id_column: str, conv: list[dict]) -> str:
+def _external_id(row: dict, id_column: str, parsed: Parsed) -> str:
     value = row.get(id_column)
-    return str(value) if value not in (None, "") else row_id(conv)
+    return str(value) if value not in (None, "") else parsed.id
 
 
-def _priority(row: dict, column: str | None) -> float | None:
+def _priority(row: dict, column: str | None) -> float:
     if not column:
-        return None
+        return math.nan
     value = row.get(column)
-    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
-
-
-def _score_batch(complexity, quality, conversations: list[list[dict]]) -> list[dict[str, Any]]:
-    from roost.scorers.deita import conversation_turns, deita_score
-
-    turns = [conversation_turns(c) for c in conversations]
-    flat = [t for ts in turns for t in ts]
-    cs = complexity.complexity([i for i, _ in flat])
-    qs = quality.quality([i for i, _ in flat], [r for _, r in flat])
-    out, at = [], 0
-    for ts in turns:
-        c, q = cs[at: at + len(ts)], qs[at: at + len(ts)]
-        at += len(ts)
-        value, reason = deita_score([x.value for x in c], [x.value for x in q])
-        notes = [x.reason for x in (*c, *q) if x.reason]
-        out.append({
-            "complexity_scores": [x.value for x in c],
-            "quality_scores": [x.value for x in q],
-            "deita_score": value,
-            "deita_score_reason": reason or ("; ".join(notes) if notes else None),
-        })
-    return out
+    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else math.nan
 
 
 def _with_meta(schema: pa.Schema, meta: dict) -> pa.Schema:

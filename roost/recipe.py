@@ -1,141 +1,215 @@
-"""Recipes: YAML files validated by pydantic. A bad recipe is one clear line, exit code 2."""
+"""Recipes: YAML files validated by pydantic. A bad recipe is one clear line, exit code 2.
+
+A build recipe names a policy `model`, a `synthesizer` (a discriminated union over every
+registered synthesizer's config, by `kind`) and the `output` plan. A curation recipe names
+its `input` and its `stages`, in order (by `kind`). Fingerprints hash `roost.config.canonical`:
+only what changes the data, so a new option at its default leaves old outputs resumable.
+
+Recipes in the shape of roost 0.1 (`synthesizer: magpie` plus a `magpie:` block; curation
+blocks `heuristics:` ... `selection:` with `enabled`) are read and converted.
+"""
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError
 
-from roost.engines.vllm_engine import EngineConfig
+from roost.config import Strict, fingerprint, throughput
+from roost.engines.config import EngineConfig
+from roost.errors import ConfigError
+from roost.rows import Columns
+from roost.stages.base import STAGES
+from roost.synthesizers.base import SYNTHESIZERS
 
+RecipeError = ConfigError  # the name earlier code and users know
 
 # pydantic puts union branch names into error locations ("str", "WeightedPrompt", ...)
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|(dict|list|union|function-\w+)\[.*|function-.*|[A-Z]\w*)$")
 
 
-class RecipeError(ValueError):
-    """Raised with a one-line message naming the offending field."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SamplingConfig(_Strict):
-    temperature: float = Field(1.0, ge=0.0, le=5.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(-1, ge=-1)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
-    max_tokens: int = Field(512, ge=1, le=131072)
-
-
-class WeightedPrompt(_Strict):
-    text: str = Field(min_length=1)
-    weight: float = Field(1.0, gt=0.0)
-
-
-class MagpieConfig(_Strict):
-    n_turns: int = Field(1, ge=1, le=16)
-    # One prompt, or a weighted mix {key: {text, weight}} (or {key: text}, weight 1).
-    system_prompt: str | dict[str, WeightedPrompt | str] | None = None
-    include_system_prompt: bool = False
-    task: Literal["math", "code", "translation"] | None = None
-    language: str | None = Field(None, min_length=2)
-    pre_query_template: str = "auto"
-    instruction: SamplingConfig = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=512)
-    response: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=1024)
-    extra_stop: list[str] = Field(default_factory=list)
-    min_instruction_chars: int = Field(8, ge=1)
-    max_rounds: int = Field(3, ge=1, le=20)
-
-    @field_validator("system_prompt")
-    @classmethod
-    def _non_empty_mix(cls, v):
-        if isinstance(v, dict) and not v:
-            raise ValueError("a system prompt mix needs at least one entry")
-        return v
-
-
-class OutputConfig(_Strict):
-    num_rows: int = Field(ge=1)
+class OutputConfig(Strict):
+    # rows to make (quota synthesizers such as Magpie), or at most this many input rows
+    # (synthesizers that work through an input dataset); None: all of the input
+    num_rows: int | None = Field(None, ge=1)
     shard_size: int = Field(1000, ge=1)
     split: str = Field("train", pattern=r"^[A-Za-z0-9_]+$")
 
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_rows // self.shard_size)
 
-    def shard_rows(self, index: int) -> int:
-        return min(self.shard_size, self.num_rows - index * self.shard_size)
-
-
-class Recipe(_Strict):
+class Recipe(Strict):
     name: str = Field(min_length=1)
-    synthesizer: Literal["magpie"]
-    model: EngineConfig
-    output: OutputConfig
-    magpie: MagpieConfig = MagpieConfig()
+    model: EngineConfig  # the policy: the model whose outputs become data
+    synthesizer: SYNTHESIZERS.config_union()  # type: ignore[valid-type]
+    output: OutputConfig = OutputConfig()
+    iteration: int = Field(0, ge=0)  # which round of an iterative method (DPO, SPIN, SPPO) this is
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the data; throughput knobs are left out."""
-        data = self.model_dump(mode="json")
-        data["model"].pop("throughput", None)
-        return _fingerprint(data)
+        return fingerprint(self)
 
 
-def _fingerprint(data: dict) -> str:
-    """Hash of a recipe's settings; its name is a label, not a setting."""
-    data = {k: v for k, v in data.items() if k != "name"}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+class CurateInput(Strict):
+    path: str | None = None  # roost output dir, Parquet file/dir/glob, or hf://<dataset id>
+    split: str = "train"
+    messages_column: str = "messages"
+    instruction_column: str = "instruction"
+    response_column: str = "response"
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    id_column: str = "id"
+    score_column: str | None = None  # an existing score to prefer when choosing dedup survivors
+    batch_size: int = throughput(4096, ge=1)  # rows per read batch (memory bound)
+
+    def columns(self) -> Columns:
+        return Columns(self.messages_column, self.instruction_column, self.response_column, self.prompt_column,
+                       self.chosen_column, self.rejected_column, self.id_column)
+
+
+class EmbeddingConfig(Strict):
+    model: str | None = None  # sentence-transformers name or path; default: bundled all-MiniLM-L6-v2
+    batch_size: int = throughput(32, ge=1)  # sentence-transformers default; measured fastest on CPU
+
+
+def default_stages() -> list[dict]:
+    return [{"kind": "heuristics"}, {"kind": "exact_dedup"}, {"kind": "semantic_dedup"}]
+
+
+class CurateRecipe(Strict):
+    name: str = "curate"
+    input: CurateInput = CurateInput()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    stages: list[STAGES.config_union()] = Field(default_factory=lambda: _stage_list(default_stages()))  # type: ignore[valid-type]
+    shard_size: int = Field(100_000, ge=1)
+
+    def fingerprint(self) -> str:
+        return fingerprint(self)
+
+
+def _stage_list(raw: list[dict]) -> list:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(list[STAGES.config_union()]).validate_python(raw)  # type: ignore[valid-type]
+
+
+# -- loading ----------------------------------------------------------------------------------
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Load and validate. `overrides` are dotted keys from the CLI, e.g. {"model.model": "..."}."""
-    raw = _read_yaml(Path(path))
-    _apply(raw, overrides)
-    return validate_recipe(raw, str(path))
+    raw = upgrade_build(_read_yaml(Path(path)))
+    apply_overrides(raw, overrides)
+    return validate(Recipe, raw, str(path))
 
 
 def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
-    return _validate(Recipe, raw, source)
+    return validate(Recipe, upgrade_build(raw), source)
+
+
+def load_curate_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurateRecipe:
+    raw = upgrade_curate(_read_yaml(Path(path)) if path is not None else {})
+    apply_overrides(raw, overrides)
+    return validate(CurateRecipe, raw, str(path) if path is not None else "options")
+
+
+def upgrade_build(raw: dict) -> dict:
+    """roost 0.1's `synthesizer: magpie` + `magpie: {...}` -> `synthesizer: {kind: magpie, ...}`."""
+    kind = raw.get("synthesizer")
+    if isinstance(kind, str):
+        raw = dict(raw)
+        block = raw.pop(kind, None)
+        raw["synthesizer"] = {"kind": kind, **(block if isinstance(block, dict) else {})}
+    return raw
+
+
+_LEGACY_STAGES = {"heuristics": "heuristics", "exact_dedup": "exact_dedup", "semantic_dedup": "semantic_dedup",
+                  "scoring": "deita", "selection": "selection"}
+_LEGACY_ON = {"heuristics": True, "exact_dedup": True, "semantic_dedup": True, "scoring": False, "selection": False}
+
+
+def upgrade_curate(raw: dict) -> dict:
+    """roost 0.1's fixed blocks (`heuristics:` ... `selection:`, each with `enabled`) -> `stages:`."""
+    if "stages" in raw or not any(k in raw for k in _LEGACY_STAGES):
+        return raw
+    raw = dict(raw)
+    stages = []
+    for key, kind in _LEGACY_STAGES.items():
+        block = dict(raw.pop(key, None) or {})
+        if not block.pop("enabled", _LEGACY_ON[key]):
+            continue
+        if "field" in block:
+            block["view"] = block.pop("field")
+        embedding = raw.setdefault("embedding", {})
+        for old, new in (("model", "model"), ("embed_batch_size", "batch_size")):
+            if key == "semantic_dedup" and old in block:
+                embedding[new] = block.pop(old)
+        stages.append({"kind": kind, **block})
+    raw["stages"] = stages
+    return raw
+
+
+def stage_block(raw: dict, kind: str, create: bool = False) -> dict | None:
+    """The raw config of the first stage of `kind` in a curation recipe (made if asked: inserted
+    before selection for scorers, appended otherwise)."""
+    stages = raw.setdefault("stages", default_stages())
+    for block in stages:
+        if isinstance(block, dict) and block.get("kind") == kind:
+            return block
+    if not create:
+        return None
+    block = {"kind": kind}
+    at = next((i for i, b in enumerate(stages) if isinstance(b, dict) and b.get("kind") == "selection"), len(stages))
+    stages.insert(at if kind != "selection" else len(stages), block)
+    return block
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any] | None) -> None:
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted, value)
 
 
 def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise RecipeError(f"{path}: no such file") from None
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a recipe file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping of fields")
+        raise ConfigError(f"{path}: a recipe must be a mapping of fields")
     return raw
 
 
-def _apply(raw: dict, overrides: dict[str, Any] | None) -> None:
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(raw, dotted, value)
-
-
-def _validate(model: type[BaseModel], raw: dict, source: str):
+def validate(model: type[BaseModel], raw: dict, source: str):
     """Validate, turning pydantic's report into one line that names the first bad field."""
     try:
         return model.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"] if not _TYPE_TAG.match(str(p))) or "(root)"
         more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise RecipeError(f"{source}: field '{field}': {err['msg']}{more}") from None
+        raise ConfigError(f"{source}: field '{field_name(err['loc'])}': {err['msg']}{more}") from None
+
+
+def field_name(loc: tuple) -> str:
+    """('stages', 2, 'deita', 'dtype') -> 'stages[2](deita).dtype'; type names dropped."""
+    kinds = set(SYNTHESIZERS.kinds()) | set(STAGES.kinds())
+    out = ""
+    prev = None
+    for part in loc:
+        if part in kinds and isinstance(prev, int):
+            out += f"({part})"  # stages[2](semantic_dedup).threshold
+        elif not (_TYPE_TAG.match(str(part)) or (part in kinds and prev == "synthesizer")):
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        prev = part
+    return out or "(root)"
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
@@ -146,83 +220,3 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
             node[key] = {}
         node = node[key]
     node[leaf] = value
-
-
-# -- curation ---------------------------------------------------------------------------------
-
-
-class CurateInput(_Strict):
-    path: str | None = None  # roost output dir, Parquet file/dir/glob, or hf://<dataset id>
-    split: str = "train"
-    messages_column: str = "messages"
-    instruction_column: str = "instruction"
-    response_column: str = "response"
-    id_column: str = "id"
-    score_column: str | None = None  # an existing score to prefer when choosing dedup survivors
-    batch_size: int = Field(4096, ge=1)  # rows per read batch (memory bound, not in the hash)
-
-
-class HeuristicsConfig(_Strict):
-    enabled: bool = True
-    min_instruction_chars: int | None = Field(3, ge=0)
-    max_instruction_chars: int | None = Field(8192, ge=1)
-    min_response_chars: int | None = Field(1, ge=0)
-    max_response_chars: int | None = Field(32768, ge=1)
-    ngram: int = Field(3, ge=1)
-    max_repeated_ngram_fraction: float = Field(0.3, gt=0, le=1)
-    not_a_request: bool = True
-
-
-class ExactDedupConfig(_Strict):
-    enabled: bool = True
-    field: Literal["first_instruction", "conversation"] = "first_instruction"
-
-
-class SemanticDedupConfig(_Strict):
-    enabled: bool = True
-    field: Literal["first_instruction", "conversation"] = "first_instruction"
-    model: str | None = None  # sentence-transformers name or path; default: bundled all-MiniLM-L6-v2
-    threshold: float = Field(0.9, gt=0, le=1)  # cosine similarity at or above which rows duplicate
-    k: int = Field(16, ge=1)
-    index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
-    embed_batch_size: int = Field(32, ge=1)  # sentence-transformers default; measured fastest on CPU
-
-
-class ScoringConfig(_Strict):
-    enabled: bool = False
-    complexity_model: str | None = None  # e.g. hkust-nlp/deita-complexity-scorer
-    quality_model: str | None = None  # e.g. hkust-nlp/deita-quality-scorer
-    dtype: str = "auto"
-    max_model_len: int = Field(2048, ge=16)
-    overflow: Literal["truncate", "null"] = "truncate"
-    batch_size: int = Field(2048, ge=1)  # conversations per engine call
-
-
-class SelectionConfig(_Strict):
-    enabled: bool = False
-    budget: int | None = Field(None, ge=1)
-    tau: float = Field(0.9, gt=0, le=1)  # max cosine similarity to any already-kept row
-
-
-class CurateRecipe(_Strict):
-    name: str = "curate"
-    input: CurateInput = CurateInput()
-    shard_size: int = Field(100_000, ge=1)
-    heuristics: HeuristicsConfig = HeuristicsConfig()
-    exact_dedup: ExactDedupConfig = ExactDedupConfig()
-    semantic_dedup: SemanticDedupConfig = SemanticDedupConfig()
-    scoring: ScoringConfig = ScoringConfig()
-    selection: SelectionConfig = SelectionConfig()
-
-    def fingerprint(self) -> str:
-        data = self.model_dump(mode="json")
-        data["input"].pop("batch_size", None)
-        data["semantic_dedup"].pop("embed_batch_size", None)
-        data["scoring"].pop("batch_size", None)
-        return _fingerprint(data)
-
-
-def load_curate_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurateRecipe:
-    raw = _read_yaml(Path(path)) if path is not None else {}
-    _apply(raw, overrides)
-    return _validate(CurateRecipe, raw, str(path) if path is not None else "options")

@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from roost.schemas import check_messages
+from roost.errors import InputError
 
 
-class SourceError(ValueError):
-    """The input cannot be curated as a whole (missing file, missing columns)."""
+class SourceError(InputError):
+    """The input cannot be opened (missing file, no Parquet files, unreachable dataset)."""
 
 
 @dataclass
@@ -44,7 +44,31 @@ class Source:
     def count(self) -> int | None:
         if self._hub:
             return None
-        return pads.dataset(self._files, format="parquet").count_rows()
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self._files)
+
+    def rows(self, start: int, stop: int, batch_size: int = 8192) -> Iterator[list[dict]]:
+        """Rows [start, stop) in input order, in batches: one shard's slice of the input."""
+        if self._hub:
+            import itertools
+
+            it = (row for batch in _hub_batches(*self._hub, batch_size) for row in batch)
+            rows = list(itertools.islice(it, start, stop))
+            for i in range(0, len(rows), batch_size):
+                yield rows[i:i + batch_size]
+            return
+        offset = 0
+        for path in self._files:
+            n = pq.ParquetFile(path).metadata.num_rows
+            lo, hi = max(start - offset, 0), min(stop - offset, n)
+            offset += n
+            if lo >= hi:
+                continue
+            table = pq.read_table(path).slice(lo, hi - lo)
+            for batch in table.to_batches(max_chunksize=batch_size):
+                if batch.num_rows:
+                    yield batch.to_pylist()
+            if offset >= stop:
+                return
 
 
 def open_source(spec: str, *, split: str = "train") -> Source:
@@ -94,50 +118,3 @@ def _hub_batches(dataset_id: str, split: str, batch_size: int) -> Iterator[list[
             batch = []
     if batch:
         yield batch
-
-
-@dataclass(frozen=True)
-class Columns:
-    messages: str = "messages"
-    instruction: str = "instruction"
-    response: str = "response"
-    id: str = "id"
-
-    def check(self, schema: pa.Schema) -> str:
-        """Which form the input has: 'messages' or 'pair'; a clear error if neither."""
-        names = set(schema.names)
-        if self.messages in names:
-            return "messages"
-        if self.instruction in names:
-            return "pair"
-        raise SourceError(
-            f"input has neither a '{self.messages}' column nor an '{self.instruction}' column "
-            f"(columns: {', '.join(sorted(names)) or 'none'}); set input.messages_column or "
-            f"input.instruction_column/response_column"
-        )
-
-
-def to_conversation(row: dict, form: str, cols: Columns) -> tuple[list[dict] | None, str | None]:
-    """The row as a list of {role, content} messages, or (None, why it cannot be one)."""
-    if form == "messages":
-        messages = row.get(cols.messages)
-        if messages is None:
-            return None, f"'{cols.messages}' is null"
-        if not isinstance(messages, list):
-            return None, f"'{cols.messages}' is not a list"
-        problem = check_messages(list(messages), name=cols.messages)
-        if problem:
-            return None, problem
-        if not any(m["role"] == "user" for m in messages):
-            return None, f"'{cols.messages}' has no user message"
-        return [{"role": m["role"], "content": m["content"]} for m in messages], None
-    instruction, response = row.get(cols.instruction), row.get(cols.response)
-    if not isinstance(instruction, str) or not instruction.strip():
-        return None, f"'{cols.instruction}' is null, empty or not a string"
-    messages = [{"role": "user", "content": instruction}]
-    if response is not None:
-        if not isinstance(response, str):
-            return None, f"'{cols.response}' is not a string"
-        if response.strip():
-            messages.append({"role": "assistant", "content": response})
-    return messages, None

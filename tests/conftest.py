@@ -59,3 +59,58 @@ def pytest_sessionfinish(session, exitstatus):
     import logging
 
     logging.raiseExceptions = False
+
+
+# -- reward models and the transformers scoring backend (tests/test_reward.py, test_deita.py) --
+
+@pytest.fixture(scope="session")
+def tiny_rm_chatml_path() -> Path:
+    """Qwen2ForSequenceClassification, one output, trained briefly to prefer seed responses."""
+    from roost.tiny_model import TinyRewardSpec, build_tiny_reward_model
+
+    return build_tiny_reward_model(MODEL_CACHE / "tiny-rm-chatml", TinyRewardSpec())
+
+
+@pytest.fixture(scope="session")
+def tiny_rm3_llama3_path() -> Path:
+    """LlamaForSequenceClassification with three outputs (a BOS-carrying Llama-3 template)."""
+    from roost.tiny_model import TinyRewardSpec, build_tiny_reward_model
+
+    return build_tiny_reward_model(MODEL_CACHE / "tiny-rm3-llama3",
+                                   TinyRewardSpec(style="llama3", num_labels=3, train_steps=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_armo_path() -> Path:
+    """ArmoRM-like custom code (auto_map + trust_remote_code), four objectives, Llama-3 template."""
+    from roost.tiny_model import TinyRewardSpec, build_tiny_reward_model
+
+    return build_tiny_reward_model(MODEL_CACHE / "tiny-armo-llama3", TinyRewardSpec(kind="armo", style="llama3"))
+
+
+@pytest.fixture(scope="session")
+def rm3_vllm_scorer(tiny_rm3_llama3_path):
+    """The three-output RM on vLLM's pooling runner, float32 (one engine for the session)."""
+    from roost.engines import RewardModelConfig
+    from roost.scorers.reward import get_reward_scorer
+
+    return get_reward_scorer(RewardModelConfig(model=str(tiny_rm3_llama3_path), backend="vllm",
+                                               max_model_len=512))
+
+
+@pytest.fixture(scope="session")
+def chatml_hf_scoring_engine(tiny_chatml_path):
+    from roost.engines import EngineConfig
+    from roost.engines.hf_scoring import get_scoring_engine
+
+    return get_scoring_engine(EngineConfig(model=str(tiny_chatml_path), dtype="float32", max_model_len=1024, seed=0),
+                              backend="transformers")
+
+
+@pytest.fixture(scope="session")
+def llama3_hf_scoring_engine(tiny_llama3_path):
+    from roost.engines import EngineConfig
+    from roost.engines.hf_scoring import get_scoring_engine
+
+    return get_scoring_engine(EngineConfig(model=str(tiny_llama3_path), dtype="float32", max_model_len=1024, seed=0),
+                              backend="transformers")

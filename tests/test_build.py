@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 def _recipe(tmp_path, model_path, **output) -> Path:
     data = {
         "name": "test-build",
-        "synthesizer": "magpie",
         # same engine identity as the conftest fixture, so the process reuses that engine
         "model": {"model": str(model_path), "max_model_len": 1024, "seed": 0},
         "output": {"num_rows": 30, "shard_size": 10, **output},
-        "magpie": {
+        "synthesizer": {
+            "kind": "magpie",
             "max_rounds": 6,
             "instruction": {"temperature": 1.0, "max_tokens": 64},
             "response": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 96},
@@ -79,6 +79,72 @@ def test_flow_writes_hub_style_shards_with_provenance_and_resumes(tmp_path, chat
     assert again["skipped_shards"] == 3
     assert {f: (out / "data" / f).stat().st_mtime_ns for f in files} == mtimes
     assert _all_ids(out) == ids
+
+    # a recipe that spells out options at their defaults (as a newer roost adds options) is the
+    # same recipe: the output still resumes
+    raw = yaml.safe_load(_recipe(tmp_path, tiny_chatml_path).read_text())
+    raw["synthesizer"].update(extra_stop=[], n_turns=1, task=None)
+    raw["model"].update(trust_remote_code=False, throughput={"max_num_seqs": 64})
+    raw["iteration"] = 0
+    spelled = tmp_path / "spelled.yaml"
+    spelled.write_text(yaml.safe_dump(raw))
+    assert build_flow(load_recipe(spelled), str(out))["skipped_shards"] == 3
+
+
+def test_fingerprint_ignores_new_options_at_their_default_and_throughput(tmp_path, tiny_chatml_path):
+    from roost.recipe import Recipe
+    from roost.synthesizers.magpie import MagpieConfig
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_chatml_path))
+
+    class NextMagpieConfig(MagpieConfig):  # what a later version adds: a new option, off by default
+        dedup_across_shards: bool = False
+
+    newer = recipe.model_copy(update={"synthesizer": NextMagpieConfig(**recipe.synthesizer.model_dump())})
+    assert newer.fingerprint() == recipe.fingerprint()
+    turned_on = recipe.model_copy(update={"synthesizer": NextMagpieConfig(**recipe.synthesizer.model_dump(),
+                                                                         dedup_across_shards=True)})
+    assert turned_on.fingerprint() != recipe.fingerprint()
+    faster = recipe.model_copy(update={"model": recipe.model.model_copy(update={"throughput": {"max_num_seqs": 8}})})
+    assert faster.fingerprint() == recipe.fingerprint()
+    hotter = Recipe.model_validate({**recipe.model_dump(), "synthesizer": {
+        **recipe.synthesizer.model_dump(), "instruction": {"temperature": 0.5, "max_tokens": 64}}})
+    assert hotter.fingerprint() != recipe.fingerprint()
+
+
+def test_recipes_in_the_0_1_shape_still_load_with_the_same_meaning(tmp_path, tiny_chatml_path):
+    new = yaml.safe_load(_recipe(tmp_path, tiny_chatml_path).read_text())
+    old = {**new, "synthesizer": "magpie", "magpie": {k: v for k, v in new["synthesizer"].items() if k != "kind"}}
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(old))
+    assert load_recipe(path).fingerprint() == load_recipe(_recipe(tmp_path, tiny_chatml_path)).fingerprint()
+
+
+def test_user_errors_are_one_line_exit_2_bugs_keep_their_traceback(tmp_path, tiny_chatml_path, monkeypatch):
+    recipe = _recipe(tmp_path, tiny_chatml_path)
+    cases = [
+        (["--model", "no-such-org/no-such-model-xyz"], "no-such-org/no-such-model-xyz"),
+        (["--model", str(tmp_path / "nowhere")], "no such directory"),
+        (["--model", str(tmp_path)], "not a model directory"),
+        (["--out", "/proc/roost-cannot-write-here"], "cannot write there"),
+    ]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for args, needle in cases:
+        out = [] if "--out" in args else ["--out", str(tmp_path / "o")]
+        result = CliRunner().invoke(app, ["build", str(recipe), *args, *out])
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.output.strip().splitlines() if line.strip()]
+        assert len(lines) <= 2 and needle in " ".join(lines), (args, result.output)
+
+    # an internal bug is not dressed up as a user error: it propagates with its traceback
+    import roost.build
+
+    def broken(*a, **k):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(roost.build, "synthesizer_for", broken)
+    result = CliRunner().invoke(app, ["build", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)
 
 
 def test_output_of_another_recipe_is_refused(tmp_path, tiny_chatml_path):
@@ -149,11 +215,11 @@ def test_invalid_rows_go_to_rejects_on_write(tmp_path):
 @pytest.mark.parametrize(
     "patch, field",
     [
-        ({"magpie": {"instruction": {"temperature": -1}}}, "magpie.instruction.temperature"),
+        ({"synthesizer": {"instruction": {"temperature": -1}}}, "synthesizer.instruction.temperature"),
         ({"output": {"num_rows": 0}}, "output.num_rows"),
-        ({"magpie": {"n_turn": 2}}, "magpie.n_turn"),
-        ({"synthesizer": "magpi"}, "synthesizer"),
-        ({"magpie": {"system_prompt": {"a": {"text": "x", "weight": 0}}}}, "magpie.system_prompt"),
+        ({"synthesizer": {"n_turn": 2}}, "synthesizer.n_turn"),
+        ({"synthesizer": {"kind": "magpi"}}, "synthesizer"),
+        ({"synthesizer": {"system_prompt": {"a": {"text": "x", "weight": 0}}}}, "synthesizer.system_prompt"),
         ({"model": {"seed": "abc"}}, "model.seed"),
     ],
 )
@@ -186,8 +252,26 @@ def test_unreadable_recipes_exit_2(tmp_path):
 
 
 def test_shipped_recipes_are_valid():
+    from roost.recipe import load_curate_recipe
+
     for path in (REPO / "recipes").glob("*.yaml"):
-        if "curate" in path.name:
-            continue
-        recipe = load_recipe(path)
-        assert recipe.output.num_shards >= 1
+        recipe = (load_curate_recipe if "curate" in path.name else load_recipe)(path)
+        assert recipe.fingerprint()
+
+
+def test_a_shard_does_not_depend_on_what_ran_before_it(tmp_path, chatml_engine, tiny_chatml_path):
+    """Shard 2 built alone equals shard 2 built after shards 0 and 1 (and after unrelated
+    generation): each shard and each engine call has its own derived seed."""
+    from roost.build import run_shard
+    from roost.engines import Sampling
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_chatml_path))
+    for i in range(3):
+        run_shard(recipe, tmp_path / "all", i)
+    chatml_engine.generate(["<|im_start|>user\n"] * 7, Sampling(max_tokens=20, temperature=1.0))  # disturb the RNG
+    run_shard(recipe, tmp_path / "alone", 2)
+    name = "train-00002-of-00003.parquet"
+    after, alone = (pq.read_table(tmp_path / d / "data" / name).to_pylist() for d in ("all", "alone"))
+    assert len(after) > 0 and after == alone
+    rejected = (pq.read_table(tmp_path / d / "rejects" / name).column("record").to_pylist() for d in ("all", "alone"))
+    assert next(rejected) == next(rejected)

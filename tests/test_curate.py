@@ -53,8 +53,8 @@ def _read(out: Path, kind: str) -> list[dict]:
 
 
 def test_dedup_and_filters_keep_one_per_group_and_lose_nothing(tmp_path, input_path):
-    recipe = CurateRecipe.model_validate({"input": {"path": str(input_path), "batch_size": 4},
-                                          "semantic_dedup": {"threshold": 0.85}})
+    recipe = CurateRecipe.model_validate({"input": {"path": str(input_path), "batch_size": 4}, "stages": [
+        {"kind": "heuristics"}, {"kind": "exact_dedup"}, {"kind": "semantic_dedup", "threshold": 0.85}]})
     out = tmp_path / "out"
     manifest = curate(recipe, out, progress=False)
     rows, rejects = _read(out, "data"), _read(out, "rejects")
@@ -97,7 +97,8 @@ def test_instruction_response_columns_and_missing_columns(tmp_path):
     pq.write_table(pa.table({"instruction": ["Name three primes.", None, "Name three primes."],
                              "response": ["2, 3 and 5 are prime numbers.", "x", "2, 3, 5."]}), path)
     out = tmp_path / "out"
-    recipe = CurateRecipe.model_validate({"input": {"path": str(path)}, "semantic_dedup": {"enabled": False}})
+    recipe = CurateRecipe.model_validate({"input": {"path": str(path)},
+                                          "stages": [{"kind": "heuristics"}, {"kind": "exact_dedup"}]})
     manifest = curate(recipe, out, progress=False)
     assert manifest["rows"] == 1 and manifest["rejects_by_reason"] == {"bad_input": 1, "exact_duplicate": 1}
     (row,) = _read(out, "data")
@@ -107,7 +108,7 @@ def test_instruction_response_columns_and_missing_columns(tmp_path):
     pq.write_table(pa.table({"text": ["hello"]}), wrong)
     result = CliRunner().invoke(app, ["curate", str(wrong), "--out", str(tmp_path / "o2")])
     assert result.exit_code == 2
-    assert "neither a 'messages' column nor an 'instruction' column" in result.output
+    assert "no 'messages' column, no 'instruction' column" in result.output
 
 
 def test_scores_selection_rerun_and_mismatch(tmp_path, input_path, chatml_engine, tiny_chatml_path):
@@ -116,7 +117,8 @@ def test_scores_selection_rerun_and_mismatch(tmp_path, input_path, chatml_engine
     args = ["curate", str(input_path), "--out", str(out), "--scorer", model, "--budget", "2", "--tau", "0.9"]
     # same identity as the session engine fixture (max_model_len 1024) so the engine is reused
     recipe_path = tmp_path / "curate.yaml"
-    recipe_path.write_text("scoring: {max_model_len: 1024}\n")
+    recipe_path.write_text("stages: [{kind: heuristics}, {kind: exact_dedup}, {kind: semantic_dedup},"
+                           " {kind: deita, max_model_len: 1024}]\n")
     result = CliRunner().invoke(app, [*args, "--recipe", str(recipe_path)])
     assert result.exit_code == 0, result.output
     rows, rejects = _read(out, "data"), _read(out, "rejects")
@@ -129,7 +131,9 @@ def test_scores_selection_rerun_and_mismatch(tmp_path, input_path, chatml_engine
     assert len(over) == 2  # 4 rows survived dedup, 2 selected
     assert sorted(r["selection_rank"] for r in rows) == [0, 1]  # the two best scores
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["scoring"]["complexity"]["method"] == "deita-expected-score"
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert stages["deita"]["settings"]["complexity"]["method"] == "deita-expected-score"
+    assert stages["selection"]["settings"]["score"] == "deita_score"
 
     again = CliRunner().invoke(app, [*args, "--recipe", str(recipe_path)])
     assert again.exit_code == 0 and "already curated" in again.output
@@ -140,7 +144,7 @@ def test_scores_selection_rerun_and_mismatch(tmp_path, input_path, chatml_engine
 
 def test_bad_curation_options_exit_2(tmp_path, input_path):
     result = CliRunner().invoke(app, ["curate", str(input_path), "--out", str(tmp_path / "o"), "--threshold", "1.5"])
-    assert result.exit_code == 2 and "semantic_dedup.threshold" in result.output
+    assert result.exit_code == 2 and "stages[2](semantic_dedup).threshold" in result.output
     result = CliRunner().invoke(app, ["curate", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no such file" in result.output
     # a Hub dataset that cannot be opened (offline here) is one clear error, not a traceback
@@ -148,33 +152,38 @@ def test_bad_curation_options_exit_2(tmp_path, input_path):
     assert result.exit_code == 2 and "hf://no-such-org/no-such-dataset: cannot open" in result.output
 
 
-def test_array_exact_dedup_matches_the_reference_rule():
-    # Pure logic: the numpy path used for large inputs vs exact_dedup on random keys/priorities.
-    import hashlib
+def test_exact_dedup_matches_a_plain_python_statement_of_the_rule():
+    # Pure logic: the one (numpy) implementation against the rule written the obvious way.
+    import math
 
     import numpy as np
 
-    from roost.filters.exact_dedup import dedup_digests, exact_dedup
+    from roost.filters.exact_dedup import exact_dedup
+
+    def reference(keys, pri):
+        best = {}
+        for i, k in enumerate(keys):
+            p = -math.inf if pri is None or pri[i] is None else pri[i]
+            if k not in best or p > best[k][0]:
+                best[k] = (p, i)
+        return [best[k][1] for k in keys]
 
     rng = np.random.default_rng(0)
     for trial in range(200):
         n = int(rng.integers(1, 60))
-        keys = [str(rng.integers(0, 8)) for _ in range(n)]
-        pri = rng.choice([np.nan, 1.0, 2.0, 3.0], size=n) if trial % 2 else None
-        digests = np.frombuffer(b"".join(hashlib.blake2b(k.encode(), digest_size=16).digest() for k in keys),
-                                np.uint8).reshape(n, 16)
-        keep, survivor = dedup_digests(digests, pri)
-        ref = exact_dedup(keys, [str(i) for i in range(n)],
-                          None if pri is None else [None if np.isnan(p) else p for p in pri])
-        assert (keep == ref.keep).all()
-        assert [str(survivor[i]) for i in range(n) if not keep[i]] == [ref.duplicate_of[i] for i in range(n) if not keep[i]]
+        keys = [f"Key {int(rng.integers(0, 8))}" for _ in range(n)]
+        pri = [None if v == 0 else float(v) for v in rng.integers(0, 4, size=n)] if trial % 2 else None
+        survivor = reference(keys, pri)
+        r = exact_dedup(keys, [str(i) for i in range(n)], pri)
+        assert r.keep.tolist() == [survivor[i] == i for i in range(n)]
+        assert r.duplicate_of == [None if survivor[i] == i else str(survivor[i]) for i in range(n)]
 
 
 def test_unfinished_curation_is_redone_without_stale_shards(tmp_path, input_path):
     from roost.writer import base_manifest
 
-    recipe = CurateRecipe.model_validate({"input": {"path": str(input_path)}, "semantic_dedup": {"enabled": False},
-                                          "shard_size": 4})
+    recipe = CurateRecipe.model_validate({"input": {"path": str(input_path)}, "shard_size": 4,
+                                          "stages": [{"kind": "heuristics"}, {"kind": "exact_dedup"}]})
     out = tmp_path / "out"
     (out / "data").mkdir(parents=True)
     # what a killed run of the same recipe leaves: a "running" manifest and a shard of an older plan
@@ -188,3 +197,97 @@ def test_unfinished_curation_is_redone_without_stale_shards(tmp_path, input_path
     rows, rejects = _read(out, "data"), _read(out, "rejects")
     assert len(rows) == manifest["rows"] == 5 and len(rows) + len(rejects) == len(ROWS)
     assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_one_rule_set_for_every_language_and_for_broken_text(tmp_path):
+    rows = [{"messages": conv("用一句话解释量子纠缠。", "两个粒子的状态彼此关联，测量一个会立即确定另一个的状态。"), "source": "zh"},
+            {"messages": conv("量子もつれを一文で説明してください。", "二つの粒子の状態が結びついていることです。"), "source": "ja"},
+            {"messages": conv("What is entanglement?", "Correlated \x00 states."), "source": "nul"},
+            {"messages": conv("What is superposition?", "Several states at \ufffd once."), "source": "fffd"}]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
+    recipe = CurateRecipe.model_validate({"input": {"path": str(path)}, "stages": [{"kind": "heuristics"}]})
+    manifest = curate(recipe, tmp_path / "out", progress=False)
+    assert sorted(r["source"] for r in _read(tmp_path / "out", "data")) == ["ja", "zh"]
+    rejects = {json.loads(r["record"])["source"]: r for r in _read(tmp_path / "out", "rejects")}
+    assert rejects["nul"]["reason"] == rejects["fffd"]["reason"] == "broken_text"
+    assert "control character" in rejects["nul"]["detail"] and "U+FFFD" in rejects["fffd"]["detail"]
+    assert manifest["stages"][1]["removed"] == {"broken_text": 2}
+
+
+def _pref(q, good="A careful, complete and correct answer.", bad="No."):
+    return {"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": good}],
+            "rejected": [{"role": "assistant", "content": bad}]}
+
+
+def test_preference_rows_are_deduplicated_on_the_prompt_and_scored(tmp_path, tiny_rm_chatml_path, chatml_engine,
+                                                                   tiny_chatml_path):
+    from roost.engines import RewardModelConfig
+    from roost.scorers.reward import get_reward_scorer
+
+    rows = [_pref("How do I reverse a list in Python?"), _pref("What is the capital of France?"),
+            _pref("how do I REVERSE a list in python?", "Use reversed() or slicing.", "Never."),  # same prompt
+            _pref("What's the capital city of France?"),  # paraphrase
+            {**_pref("Explain recursion."), "prompt": None},  # bad rows
+            {**_pref("Explain recursion."), "chosen": []},
+            _pref("Write a haiku about autumn leaves.")]
+    schema = pa.schema([pa.field(c, MESSAGES) for c in ("prompt", "chosen", "rejected")])
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    rm = {"model": str(tiny_rm_chatml_path), "max_model_len": 1024}
+    recipe = CurateRecipe.model_validate({"input": {"path": str(path)}, "stages": [
+        {"kind": "heuristics"}, {"kind": "exact_dedup"}, {"kind": "semantic_dedup", "threshold": 0.85},
+        {"kind": "reward", "model": rm}, {"kind": "deita", "complexity_model": str(tiny_chatml_path),
+                                          "quality_model": str(tiny_chatml_path), "max_model_len": 1024},
+        {"kind": "selection", "budget": 2, "score": "chosen_reward"}]})
+    out = tmp_path / "out"
+    manifest = curate(recipe, out, progress=False)
+    assert manifest["row_kind"] == "preference"
+    kept, rejects = _read(out, "data"), _read(out, "rejects")
+    assert len(kept) + len(rejects) == len(rows)
+    reasons = {s["name"]: s["removed"] for s in manifest["stages"]}
+    assert reasons["validate"] == {"bad_input": 2}
+    assert reasons["exact_dedup"] == {"exact_duplicate": 1} and reasons["semantic_dedup"] == {"semantic_duplicate": 1}
+    assert sum(reasons["selection"].values()) == 1 and len(kept) == 2
+    dup = next(r for r in rejects if r["reason"] == "exact_duplicate")
+    assert json.loads(dup["record"])["chosen"][0]["content"] == "Use reversed() or slicing."
+    # the columns hold what the reward model says of these very answers
+    scorer = get_reward_scorer(RewardModelConfig(**rm))
+    for r in kept:
+        c, rj = scorer.score([r["prompt"] + r["chosen"], r["prompt"] + r["rejected"]])
+        assert r["chosen_reward"] == pytest.approx(c.value, abs=1e-5)
+        assert r["rejected_reward"] == pytest.approx(rj.value, abs=1e-5)
+        assert r["reward_margin"] == pytest.approx(c.value - rj.value, abs=1e-5)
+        assert r["chosen_reward_outputs"] == pytest.approx(c.outputs, abs=1e-5)
+        assert len(r["complexity_scores"]) == 1 and r["deita_score"] is not None
+    assert [r["selection_rank"] for r in sorted(kept, key=lambda r: -r["chosen_reward"])] == [0, 1]
+
+
+def test_reward_stage_on_sft_rows_with_a_minimum(tmp_path, input_path, tiny_rm_chatml_path):
+    rm = {"model": str(tiny_rm_chatml_path), "max_model_len": 1024}
+    first = CurateRecipe.model_validate({"input": {"path": str(input_path)}, "stages": [{"kind": "reward", "model": rm}]})
+    scored = curate(first, tmp_path / "all", progress=False)
+    rewards = sorted(r["reward"] for r in _read(tmp_path / "all", "data"))
+    assert scored["rows"] == len(rewards) == 7  # 11 rows, 4 bad input, no other stage
+    cut = (rewards[2] + rewards[3]) / 2
+    second = CurateRecipe.model_validate({"input": {"path": str(input_path)},
+                                          "stages": [{"kind": "reward", "model": rm, "min_reward": cut}]})
+    manifest = curate(second, tmp_path / "cut", progress=False)
+    assert manifest["rows"] == 4 and manifest["rejects_by_reason"]["low_reward"] == 3
+    low = [r for r in _read(tmp_path / "cut", "rejects") if r["reason"] == "low_reward"]
+    assert all(f"< {cut}" in r["detail"] for r in low)
+
+    bad = CliRunner().invoke(app, ["curate", str(input_path), "--out", str(tmp_path / "x"), "--recipe",
+                                   str(_yaml(tmp_path, {"stages": [{"kind": "reward", "model": rm, "min_margin": 0.1}]}))])
+    assert bad.exit_code == 2 and "min_margin needs preference rows" in bad.output
+    bad = CliRunner().invoke(app, ["curate", str(input_path), "--out", str(tmp_path / "y"), "--recipe",
+                                   str(_yaml(tmp_path, {"stages": [{"kind": "selection", "budget": 2}]}))])
+    assert bad.exit_code == 2 and "stages[0] (selection): needs scores" in bad.output
+
+
+def _yaml(tmp_path, data) -> Path:
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

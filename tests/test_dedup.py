@@ -8,7 +8,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from roost.filters.exact_dedup import build_keys, exact_dedup, exact_dedup_rows, normalize_text
+from roost.filters.exact_dedup import exact_dedup, normalize_text
+from roost.rows import Columns, parse
 from roost.filters.semantic_dedup import FLAT_MAX_ROWS, semantic_dedup
 
 
@@ -17,6 +18,15 @@ def chat(user: str, assistant: str = "ok", id: str | None = None) -> dict:
     if id is not None:
         row["id"] = id
     return row
+
+
+def keys(rows: list[dict], view: str) -> list[str]:
+    out = []
+    for r in rows:
+        parsed, problem = parse(r, "messages" if "messages" in r else "pair", Columns())
+        assert problem is None
+        out.append(parsed.view(view))
+    return out
 
 
 # ---------------------------------------------------------------- exact ---------------------
@@ -31,7 +41,7 @@ def test_normalize_text():
 def test_exact_groups_first_wins_without_scores():
     rows = [chat("What is X?", id="a"), chat("what  is x?", id="b"), chat("Other", id="c"),
             chat("WHAT IS X?\n", id="d"), chat("other", id="e")]
-    r = exact_dedup_rows(rows)
+    r = exact_dedup(keys(rows, "first_instruction"), [row["id"] for row in rows])
     assert r.keep.tolist() == [True, False, True, False, False]
     assert r.duplicate_of == [None, "a", None, "a", "c"]
     assert r.similarity == [None, 1.0, None, 1.0, 1.0]
@@ -57,16 +67,16 @@ def test_exact_highest_score_wins_ties_by_order_none_lowest():
     assert r.keep.tolist() == [True, False]
 
 
-def test_exact_key_fields():
+def test_exact_key_views():
     rows = [chat("Same question", "answer one"), chat("same question", "answer two"),
             {"instruction": "Same  question", "response": "answer one"}]
-    assert build_keys(rows, "first_instruction") == ["same question"] * 3
-    conv = exact_dedup(build_keys(rows, "conversation"), ["0", "1", "2"])
+    assert [normalize_text(k) for k in keys(rows, "first_instruction")] == ["same question"] * 3
+    conv = exact_dedup(keys(rows, "conversation"), ["0", "1", "2"])
     assert conv.keep.tolist() == [True, True, False]  # flat row == first chat row
-    first = exact_dedup(build_keys(rows, "first_instruction"), ["0", "1", "2"])
+    first = exact_dedup(keys(rows, "first_instruction"), ["0", "1", "2"])
     assert first.keep.tolist() == [True, False, False]
     with pytest.raises(ValueError):
-        build_keys(rows, "nope")
+        keys(rows, "nope")
 
 
 # ---------------------------------------------------------------- semantic: real embeddings -
@@ -107,7 +117,9 @@ def test_embedder_contract(embedder, emb):
     assert emb.dtype == np.float32 and emb.shape == (len(SENTENCES), 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     d = embedder.describe()
-    assert d["dim"] == 384 and d["device"] in ("cpu", "cuda") and "MiniLM" in d["model"] or "minilm" in d["model"]
+    assert d["dim"] == 384
+    assert d["device"] in ("cpu", "cuda")
+    assert "minilm" in d["model"].lower()
     streamed = np.concatenate(list(embedder.encode_batches([SENTENCES[:4], SENTENCES[4:]])))
     np.testing.assert_allclose(streamed, emb, atol=1e-5)
     assert embedder.encode([]).shape == (0, 384)
@@ -303,7 +315,8 @@ def test_nprobe_one_misses_pairs_so_calibration_matters():
     ids = [str(i) for i in range(len(x))]
     r = semantic_dedup(x, ids, threshold=0.9)
     tried = dict(r.settings["calibration_tried"])
-    assert tried[1] < 0.99 or r.settings["nprobe"] == 1
+    assert tried[1] < 0.99  # nprobe 1 really loses pairs here...
+    assert r.settings["nprobe"] > 1 and r.settings["measured_recall"] >= 0.99  # ...so calibration raised it
 
 
 def test_hnsw_calibrated():

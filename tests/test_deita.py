@@ -221,3 +221,97 @@ def test_score_token_ids_refuses_merged_digits():
 def test_score_is_a_plain_value():
     s = Score(4.2)
     assert s.as_dict() == {"value": 4.2, "reason": None, "truncated": False}
+
+
+# -- the batched transformers backend (roost.engines.hf_scoring) --------------------------------
+
+@pytest.fixture(params=["chatml", "llama3"])
+def model_and_both_engines(request):
+    path = request.getfixturevalue(f"tiny_{request.param}_path")
+    return (path, request.getfixturevalue(f"{request.param}_hf_scoring_engine"),
+            request.getfixturevalue(f"{request.param}_fp32_engine"))
+
+
+def test_hf_backend_matches_vllm_and_per_row_reference(model_and_both_engines):
+    path, hf_engine, vllm_engine = model_and_both_engines
+    assert hf_engine.describe()["engine"] == "transformers" and hf_engine.describe()["dtype"] == "torch.float32"
+    assert hf_engine.max_model_len == vllm_engine.max_model_len == 1024
+    pairs = _seed_pairs(24, skip=40)
+    instructions, responses = [p[0] for p in pairs], [p[1] for p in pairs]
+    hf = DeitaScorer(hf_engine)
+    vl = DeitaScorer(vllm_engine)
+    assert hf.token_ids == vl.token_ids and hf.settings() == vl.settings()
+    ours = hf.complexity(instructions) + hf.quality(instructions, responses)
+    theirs = vl.complexity(instructions) + vl.quality(instructions, responses)
+    expected = _hf_scores(path, [COMPLEXITY_TEMPLATE.format(instruction=i) for i in instructions]) + _hf_scores(
+        path, [QUALITY_TEMPLATE.format(instruction=i, output=r) for i, r in zip(instructions, responses)])
+    assert all(s.value is not None and s.reason is None for s in ours)
+    assert max(abs(a.value - e) for a, e in zip(ours, expected)) < 1e-4
+    assert max(abs(a.value - b.value) for a, b in zip(ours, theirs)) < 1e-4
+
+
+def test_hf_backend_batch_equals_single(chatml_hf_scoring_engine):
+    engine = chatml_hf_scoring_engine
+    scorer = DeitaScorer(engine)
+    pairs = _seed_pairs(12, skip=80)
+    prompts = [scorer.quality_prompt(i, r).text for i, r in pairs]
+    prompts.append(scorer.complexity_prompt("Hi").text)  # much shorter: padding in the batch
+    batched = engine.choice_logprobs(prompts, scorer.token_ids)
+    single = [engine.choice_logprobs([p], scorer.token_ids)[0] for p in prompts]
+    for b, s in zip(batched, single):
+        assert len(b) == 6 and sum(__import__("math").exp(v) for v in b) == pytest.approx(1.0, abs=1e-9)
+        assert max(abs(x - y) for x, y in zip(b, s)) < 1e-5
+    # Nothing to score, or more than the context: None, never a made-up value.
+    too_long = engine.choice_logprobs(["", "word " * 3000], scorer.token_ids)
+    assert too_long == [None, None]
+
+
+def test_hf_backend_multi_turn_and_long_prompts(chatml_hf_scoring_engine, chatml_fp32_engine):
+    (i1, r1), (i2, r2) = _seed_pairs(2, skip=60)
+    convs = [[{"role": "user", "content": i1}, {"role": "assistant", "content": r1},
+              {"role": "user", "content": i2}, {"role": "assistant", "content": r2}],
+             [{"role": "user", "content": " ".join(["Explain the logging module."] * 300)},
+              {"role": "assistant", "content": " ".join(["It logs."] * 300)}]]
+    ours = DeitaScorer(chatml_hf_scoring_engine).score_conversations(convs)
+    theirs = DeitaScorer(chatml_fp32_engine).score_conversations(convs)
+    assert ours[1]["truncated"] and theirs[1]["truncated"]
+    for a, b in zip(ours, theirs):
+        assert a.keys() == b.keys() == {"complexity_scores", "quality_scores", "deita_score",
+                                        "deita_score_reason", "score_notes", "truncated"}
+        assert a["deita_score"] == pytest.approx(b["deita_score"], abs=1e-3)
+        assert a["complexity_scores"] == pytest.approx(b["complexity_scores"], abs=1e-4)
+        assert a["quality_scores"] == pytest.approx(b["quality_scores"], abs=1e-4)
+        assert a["score_notes"] == b["score_notes"]
+
+
+def test_score_conversations_with_two_models(chatml_fp32_engine, chatml_hf_scoring_engine):
+    # deita's complexity and quality scorers are two checkpoints: one engine call each.
+    complexity = DeitaScorer(_CountingEngine(chatml_fp32_engine))
+    quality = DeitaScorer(_CountingEngine(chatml_hf_scoring_engine))
+    (i1, r1), (i2, r2) = _seed_pairs(2, skip=90)
+    convs = [[{"role": "user", "content": i1}, {"role": "assistant", "content": r1},
+              {"role": "user", "content": i2}, {"role": "assistant", "content": r2}],
+             [{"role": "assistant", "content": "orphan"}],
+             [{"role": "user", "content": i2}]]
+    out = complexity.score_conversations(convs, quality_scorer=quality)
+    assert complexity.engine.calls == 1 and quality.engine.calls == 1
+    c = complexity.complexity([i1, i2])
+    q = quality.quality([i1, i2, i2], [r1, r2, ""])
+    assert out[0]["complexity_scores"] == pytest.approx([s.value for s in c], abs=1e-6)
+    assert out[0]["quality_scores"] == pytest.approx([s.value for s in q[:2]], abs=1e-6)
+    assert out[0]["deita_score"] == pytest.approx(c[0].value * q[0].value + c[1].value * q[1].value, rel=1e-9)
+    assert out[1]["deita_score"] is None and "malformed" in out[1]["deita_score_reason"]
+    assert out[2]["quality_scores"] == pytest.approx([q[2].value], abs=1e-6)
+
+
+def test_get_scoring_engine_cache_and_auto(tiny_chatml_path, chatml_hf_scoring_engine, chatml_fp32_engine):
+    from roost.engines import EngineConfig
+    from roost.engines.hf_scoring import get_scoring_engine, resolve_scoring_backend
+
+    config = EngineConfig(model=str(tiny_chatml_path), dtype="float32", max_model_len=1024, seed=0)
+    assert get_scoring_engine(config, backend="transformers") is chatml_hf_scoring_engine
+    assert resolve_scoring_backend("auto") == "transformers"  # CPU: measured faster (bench_deita.py)
+    assert get_scoring_engine(config) is chatml_hf_scoring_engine
+    assert get_scoring_engine(config, backend="vllm") is chatml_fp32_engine  # the shared vLLM engine
+    with pytest.raises(ValueError, match="backend"):
+        get_scoring_engine(config, backend="onnx")

@@ -6,16 +6,16 @@ from collections import Counter
 
 import pytest
 
-from roost.recipe import MagpieConfig, SamplingConfig
+from roost.config import SamplingConfig
 from roost.schemas import SFT_ROWS, row_id
 from roost.synthesizers import instruction_rules as rules
-from roost.synthesizers.magpie import MagpieSynthesizer
+from roost.synthesizers.magpie import Magpie, MagpieConfig
 
 
 def _synth(engine, model_path, **config):
     config.setdefault("instruction", SamplingConfig(temperature=1.0, max_tokens=64))
     config.setdefault("response", SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=96))
-    return MagpieSynthesizer(MagpieConfig(**config), engine, model_id=str(model_path), seed=0)
+    return Magpie(MagpieConfig(**config), engine, model_id=str(model_path))
 
 
 def _assert_valid_rows(rows):
@@ -28,7 +28,7 @@ def _assert_valid_rows(rows):
 
 
 def test_single_turn_rows_are_user_then_assistant(chatml_engine, tiny_chatml_path):
-    out = _synth(chatml_engine, tiny_chatml_path).generate(40, random.Random(0))
+    out = _synth(chatml_engine, tiny_chatml_path).generate(40, 0)
     _assert_valid_rows(out.rows)
     assert len(out.rows) <= 40
     for row in out.rows:
@@ -41,7 +41,7 @@ def test_single_turn_rows_are_user_then_assistant(chatml_engine, tiny_chatml_pat
 
 def test_multi_turn_on_llama3_template(llama3_engine, tiny_llama3_path):
     synth = _synth(llama3_engine, tiny_llama3_path, n_turns=3, max_rounds=6)
-    out = synth.generate(16, random.Random(1))
+    out = synth.generate(16, 1)
     _assert_valid_rows(out.rows)
     for row in out.rows:
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"] * 3
@@ -61,7 +61,7 @@ def test_weighted_system_prompt_mix_is_sampled_by_weight_and_recorded(chatml_eng
     draws = Counter(synth._new_conversation(random.Random(i)).system_key for i in range(4000))
     assert abs(draws["general"] / 4000 - 0.75) < 0.03
 
-    out = synth.generate(40, random.Random(2))
+    out = synth.generate(40, 2)
     _assert_valid_rows(out.rows)
     keys = Counter(r["system_prompt_key"] for r in out.rows)
     assert set(keys) <= {"general", "poet"} and keys["general"] > 0
@@ -76,7 +76,7 @@ def test_task_and_language_control_build_the_system_prompt(chatml_engine, tiny_c
     conv = synth._new_conversation(random.Random(0))
     assert conv.system_key == "task:math"
     assert "math problems" in conv.system_text and "auf Deutsch" in conv.system_text
-    out = synth.generate(8, random.Random(3))
+    out = synth.generate(8, 3)
     for row in out.rows:
         assert row["task"] == "math" and row["language"] == "de"
         assert row["messages"][0]["role"] == "user"  # include_system_prompt is off by default
@@ -86,7 +86,7 @@ def test_task_and_language_control_build_the_system_prompt(chatml_engine, tiny_c
 def test_broken_turns_become_rejects_with_reasons(chatml_engine, tiny_chatml_path):
     # 4 tokens is too few for most instructions to reach the end-of-turn marker
     synth = _synth(chatml_engine, tiny_chatml_path, instruction=SamplingConfig(max_tokens=4), max_rounds=1)
-    out = synth.generate(30, random.Random(4))
+    out = synth.generate(30, 4)
     reasons = Counter(r.reason for r in out.rejects)
     assert reasons["truncated"] > 0
     assert len(out.rows) + len(out.rejects) == 30  # every attempt is accounted for
@@ -102,6 +102,8 @@ def test_broken_turns_become_rejects_with_reasons(chatml_engine, tiny_chatml_pat
         ("   ", "stop", "empty"),
         ("Hi?", "stop", "too_short"),
         ("Here is my essay:", "stop", "not_a_request"),
+        ("12345678 + 9", "stop", "not_a_request"),
+        ("用一句话解释量子纠缠。", "stop", None),
         ("Tell me more <|im_start|>assistant", "stop", "template_leak"),
         ("Broken \ufffd bytes in here", "stop", "broken_text"),
         ("Explain how tides work.", "stop", None),
@@ -113,7 +115,7 @@ def test_instruction_rules(text, finish, reason):
     from roost.filters.base import FilterStep
 
     step = FilterStep([
-        rules.Truncated(), rules.Empty(), rules.BrokenText(), rules.TooShort(8), rules.NotARequest(),
+        rules.Truncated(), rules.Empty(), rules.BrokenText(), rules.TooShort(8 if text.isascii() else 4), rules.NotARequest(),
         rules.TemplateLeak(("<|im_end|>", "<|im_start|>")),
     ])
     drop = step.first_drop({"text": text, "finish_reason": finish})
@@ -122,6 +124,6 @@ def test_instruction_rules(text, finish, reason):
 
 def test_duplicate_instruction_rule_is_normalized():
     dedup = rules.DuplicateInstruction()
-    dedup.accept("Explain  how tides WORK.")
+    assert dedup.check({"text": "Explain  how tides WORK."}) is None  # first seen: kept, remembered
     assert dedup.check({"text": "explain how tides work."}).reason == "duplicate_instruction"
     assert dedup.check({"text": "Explain how waves work."}) is None

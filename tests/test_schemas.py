@@ -12,8 +12,9 @@ BAD = {"role": "assistant", "content": "9.11 is larger."}
 
 
 def pref(**kw):
-    row = {"id": "p1", "prompt": [USER], "chosen": [GOOD], "rejected": [BAD], "method": "reward", "score_chosen": 1.0}
+    row = {"prompt": [USER], "chosen": [GOOD], "rejected": [BAD], "method": "reward_ranked", "iteration": 0}
     row.update(kw)
+    row.setdefault("id", row_id(row["prompt"], row["chosen"], row["rejected"]))
     return row
 
 
@@ -23,7 +24,8 @@ def test_preference_rows_follow_trl_conversational_form():
     assert "assistant messages" in PREFERENCE_ROWS.problem(pref(chosen=[USER]))
     assert "last message must have role 'user'" in PREFERENCE_ROWS.problem(pref(prompt=[USER, GOOD]))
     assert "missing required" in PREFERENCE_ROWS.problem(pref(prompt=None))
-    assert "type error" in PREFERENCE_ROWS.problem(pref(score_chosen="high"))
+    assert "type error" in PREFERENCE_ROWS.problem(pref(iteration="first"))
+    assert PREFERENCE_ROWS.problem(pref(id="p1")) == "id: does not match content"
 
 
 def test_sft_rows_and_stable_ids(tmp_path):

@@ -71,14 +71,29 @@ class Engine(Protocol):
     def tokenizer(self): ...
 
     def generate(
-        self, prompts: Sequence[str], sampling: Sampling | Sequence[Sampling], *, progress: str | None = None
+        self,
+        prompts: Sequence[str],
+        sampling: Sampling | Sequence[Sampling],
+        *,
+        seed: int | None = None,
+        progress: str | None = None,
     ) -> list[Generation]:
-        """Complete raw prompt strings (already templated; no special tokens are added)."""
+        """Complete raw prompt strings (already templated; no special tokens are added).
+
+        `seed` (a non-negative int, e.g. from `derive_seed`): the outputs of this call depend
+        only on (prompts, sampling, seed), not on what the engine ran before in the process.
+        None: the engine's running random state (outputs then depend on earlier calls)."""
 
     def chat(
-        self, conversations: Sequence[Sequence[dict]], sampling: Sampling | Sequence[Sampling], *, progress: str | None = None
+        self,
+        conversations: Sequence[Sequence[dict]],
+        sampling: Sampling | Sequence[Sampling],
+        *,
+        seed: int | None = None,
+        progress: str | None = None,
     ) -> list[Generation]:
-        """Generate the next assistant turn of each conversation through the model's chat template."""
+        """Generate the next assistant turn of each conversation through the model's chat
+        template; `seed` as in `generate`."""
 
     @property
     def max_model_len(self) -> int: ...
@@ -98,3 +113,39 @@ def render_chat(tokenizer, messages: Sequence[dict], *, add_generation_prompt: b
     return tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 31-bit seed from parts (recipe seed, shard index, stage...): the same parts
+    always give the same seed, in any process, on any machine (no `hash()`, no PYTHONHASHSEED).
+
+    Parts are ints or strings, typed: `derive_seed(1)` and `derive_seed("1")` differ. The result
+    is in [0, 2**31), which every consumer accepts (numpy, torch, vLLM's per-request seeds, which
+    add the sample index for n > 1)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        if isinstance(p, bool) or not isinstance(p, (int, str)):
+            raise TypeError(f"derive_seed takes ints and strings, got {type(p).__name__}: {p!r}")
+        tagged = (b"i" if isinstance(p, int) else b"s") + str(p).encode()
+        h.update(len(tagged).to_bytes(8, "big") + tagged)
+    return int.from_bytes(h.digest(), "big") & 0x7FFFFFFF
+
+
+def generate_grouped(engine: Engine, prompts: Sequence[str], sampling: Sampling, *,
+                     seed: int | None = None, progress: str | None = None) -> list[Completion]:
+    """One completion per prompt, asking the engine once per distinct prompt with n = its
+    count (vLLM then shares the prompt's prefill); results come back in input order."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    if not groups:
+        return []
+    unique = list(groups)
+    gens = engine.generate(unique, [sampling.with_n(len(groups[p])) for p in unique], seed=seed, progress=progress)
+    out: list[Completion | None] = [None] * len(prompts)
+    for prompt, gen in zip(unique, gens):
+        for i, completion in zip(groups[prompt], gen.completions):
+            out[i] = completion
+    return out  # type: ignore[return-value]

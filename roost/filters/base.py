@@ -3,12 +3,13 @@
 A `Filter` looks at one row and returns `None` to keep it or a `Drop` saying why not.
 `FilterStep` runs a list of filters over rows, stops at the first drop, counts drops per
 reason and turns every dropped row into a `Reject` for the rejects file. Nothing is lost.
+(Curation's runner, `roost.curate`, is the same loop over whole datasets.)
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from roost.writer import Reject
 
@@ -24,7 +25,7 @@ class Filter:
 
     name: str = "filter"
 
-    def check(self, row: dict) -> Drop | None:  # pragma: no cover - interface
+    def check(self, row: Any) -> Drop | None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
@@ -33,32 +34,33 @@ class Filter:
 
 @dataclass
 class FilterResult:
-    kept: list[dict]
+    kept: list[Any]
     rejects: list[Reject]
     counts: Counter = field(default_factory=Counter)
 
 
 class FilterStep:
-    def __init__(self, filters: Sequence[Filter], stage: str = "filter", id_field: str = "id"):
+    def __init__(self, filters: Sequence[Filter], stage: str = "filter",
+                 record: Callable[[Any], Any] = lambda row: row, row_id: Callable[[Any], str | None] | None = None):
         self.filters = list(filters)
         self.stage = stage
-        self.id_field = id_field
+        self.record = record  # what the rejects file keeps of a dropped row
+        self.row_id = row_id or (lambda row: row.get("id") if isinstance(row, dict) else None)
 
-    def run(self, rows: Iterable[dict]) -> FilterResult:
+    def run(self, rows: Iterable[Any]) -> FilterResult:
         result = FilterResult([], [])
         for row in rows:
             drop = self.first_drop(row)
             if drop is None:
                 result.kept.append(row)
                 continue
-            reason = drop.reason
-            result.counts[reason] += 1
+            result.counts[drop.reason] += 1
             result.rejects.append(
-                Reject(self.stage, reason, row, id=row.get(self.id_field), detail=drop.detail)
+                Reject(self.stage, drop.reason, self.record(row), id=self.row_id(row), detail=drop.detail)
             )
         return result
 
-    def first_drop(self, row: dict) -> Drop | None:
+    def first_drop(self, row: Any) -> Drop | None:
         for f in self.filters:
             drop = f.check(row)
             if drop is not None:

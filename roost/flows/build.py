@@ -1,12 +1,10 @@
 """Prefect flow for `roost build`: thin wiring over roost.build.
 
-Shards run one after another in this process because they share its one engine. To spread
+Shards run one after another in this process because they share its engines. To spread
 them over machines, run `build_shard` with a Ray or Dask task runner: each shard is
-independent and writes only its own files.
+independent (its own seed, its own files).
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -22,15 +20,14 @@ def build_shard(recipe: Recipe, out: str, index: int) -> dict:
 
 @flow(name="roost-build", log_prints=True)
 def build_flow(recipe: Recipe, out: str) -> dict:
-    work.check_resumable(recipe, out)
-    work.start_manifest(recipe, out)
-    writer = work.writer_for(recipe, out)
-    pending = writer.pending()
-    skipped = recipe.output.num_shards - len(pending)
+    shards = work.preflight(recipe, out)
+    work.start_manifest(recipe, out, len(shards))
+    pending = work.writer_for(recipe, out, len(shards)).pending()
+    skipped = len(shards) - len(pending)
     if skipped:
         print(f"resuming: {skipped} finished shard(s) kept, {len(pending)} to build")
     for index in pending:
-        build_shard(recipe, str(Path(out)), index)
-    manifest = work.finish_manifest(recipe, out)
+        build_shard(recipe, out, index)
+    manifest = work.finish_manifest(recipe, out, len(shards))
     manifest["skipped_shards"] = skipped
     return manifest

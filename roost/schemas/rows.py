@@ -17,8 +17,9 @@ MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
 ROLES = {"system", "user", "assistant"}
 
-SAMPLING = pa.struct(
-    [("temperature", pa.float64()), ("top_p", pa.float64()), ("max_tokens", pa.int64())]
+SAMPLING = pa.struct(  # roost.config.SamplingConfig, as recorded on every row
+    [("temperature", pa.float64()), ("top_p", pa.float64()), ("top_k", pa.int64()), ("min_p", pa.float64()),
+     ("repetition_penalty", pa.float64()), ("max_tokens", pa.int64())]
 )
 GENERATION = pa.struct([("instruction", SAMPLING), ("response", SAMPLING), ("seed", pa.int64())])
 
@@ -44,10 +45,9 @@ PREFERENCE = pa.schema(
         pa.field("prompt", MESSAGES, nullable=False),
         pa.field("chosen", MESSAGES, nullable=False),
         pa.field("rejected", MESSAGES, nullable=False),
-        pa.field("score_chosen", pa.float64()),
-        pa.field("score_rejected", pa.float64()),
-        pa.field("method", pa.string()),
-        pa.field("model", pa.string()),
+        pa.field("method", pa.string()),  # what made the pair: reward_ranked, spin, sppo, step_dpo, ...
+        pa.field("model", pa.string()),  # the policy that wrote the answers
+        pa.field("iteration", pa.int64()),  # round of an iterative method (0 = first)
     ]
 )
 
@@ -115,11 +115,15 @@ def _check_preference(row: dict) -> str | None:
             return reason
     if row["chosen"] == row["rejected"]:
         return "chosen and rejected are identical"
+    if row.get("id") != row_id(row["prompt"], row["chosen"], row["rejected"]):
+        return "id: does not match content"
     return None
 
 
 @dataclass(frozen=True)
 class RowSchema:
+    """A row kind as written: its arrow schema and the checks arrow cannot express."""
+
     name: str
     arrow: pa.Schema
     check: Callable[[dict], str | None] = field(default=lambda row: None)
@@ -141,6 +145,10 @@ class RowSchema:
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
             return f"type error: {str(e).splitlines()[0][:200]}"
         return None
+
+    def extend(self, fields: list[pa.Field]) -> "RowSchema":
+        """The same kind with more columns (a synthesizer's own metadata)."""
+        return RowSchema(self.name, pa.schema(list(self.arrow) + list(fields)), self.check)
 
 
 SFT_ROWS = RowSchema("sft", SFT, _check_sft)

@@ -189,7 +189,9 @@ class _Prompt:
 class DeitaScorer:
     """Score instructions (complexity) and instruction/response pairs (quality) with one engine.
 
-    `engine` is a roost engine (`choice_logprobs`, `tokenizer`, `encode`). Meant for the deita
+    `engine` is a roost scoring engine (`choice_logprobs`, `tokenizer`, `encode`,
+    `max_model_len`, `describe`): the vLLM engine or the batched transformers one, both from
+    `roost.engines.hf_scoring.get_scoring_engine(config, backend)`. Meant for the deita
     scorer checkpoints, but any causal LM works mechanically (the scores mean nothing then).
     `max_prompt_tokens` defaults to the engine's max_model_len - 1 (one token is generated).
     """
@@ -234,21 +236,35 @@ class DeitaScorer:
             raise ValueError("one response per instruction")
         return self._score([self.quality_prompt(i, r) for i, r in zip(instructions, responses)])
 
-    def score_conversations(self, conversations: Sequence[Sequence[dict]]) -> list[dict[str, Any]]:
+    def score_conversations(
+        self, conversations: Sequence[Sequence[dict]], *, quality_scorer: "DeitaScorer | None" = None
+    ) -> list[dict[str, Any]]:
         """Per conversation: complexity_scores, quality_scores (one per turn), deita_score and
-        the reasons for any null or truncated score. All prompts go to the engine in one call."""
-        plans: list[tuple[int, int, str | None]] = []  # (n_turns, first prompt index, error)
-        prompts: list[_Prompt] = []
+        the reasons for any null or truncated score. The one production path for multi-turn
+        aggregation (curation calls it).
+
+        Complexity prompts go to this scorer's engine. Quality prompts go to `quality_scorer`'s
+        (deita's two checkpoints are two models), or to this engine if it is None: then all
+        prompts of the batch go to the engine in one call; otherwise one call per engine.
+        A malformed conversation gets deita_score None with the reason, not an exception."""
+        quality = quality_scorer or self
+        plans: list[tuple[int, int, str | None]] = []  # (n_turns, first turn index, error)
+        complexity_prompts: list[_Prompt] = []
+        quality_prompts: list[_Prompt] = []
         for messages in conversations:
             try:
                 turns = conversation_turns(messages)
             except ValueError as e:
-                plans.append((0, len(prompts), str(e)))
+                plans.append((0, len(complexity_prompts), str(e)))
                 continue
-            plans.append((len(turns), len(prompts), None))
-            prompts += [self.complexity_prompt(ins) for ins, _ in turns]
-            prompts += [self.quality_prompt(ins, resp) for ins, resp in turns]
-        scores = self._score(prompts)
+            plans.append((len(turns), len(complexity_prompts), None))
+            complexity_prompts += [self.complexity_prompt(ins) for ins, _ in turns]
+            quality_prompts += [quality.quality_prompt(ins, resp) for ins, resp in turns]
+        if quality is self:
+            both = self._score(complexity_prompts + quality_prompts)
+            c_scores, q_scores = both[: len(complexity_prompts)], both[len(complexity_prompts):]
+        else:
+            c_scores, q_scores = self._score(complexity_prompts), quality._score(quality_prompts)
         out = []
         for n, start, error in plans:
             if error is not None:
@@ -258,7 +274,7 @@ class DeitaScorer:
                     "truncated": False,
                 })
                 continue
-            cs, qs = scores[start:start + n], scores[start + n:start + 2 * n]
+            cs, qs = c_scores[start:start + n], q_scores[start:start + n]
             value, reason = deita_score([s.value for s in cs], [s.value for s in qs])
             notes = [f"turn {t} {kind}: {s.reason}" for kind, group in (("complexity", cs), ("quality", qs))
                      for t, s in enumerate(group) if s.reason]

@@ -1,17 +1,13 @@
 """Rules that keep broken Magpie turns out of the data, each with its reason.
 
-A generated turn is a row `{"text", "finish_reason"}` (plus `"key"` for the duplicate
-check). Rules follow `roost.filters.base.Filter`: return a `Drop(reason)` or None.
+A generated turn is a row `{"text", "finish_reason"}`. Rules follow
+`roost.filters.base.Filter`; the text rules are the ones curation uses (`text_rules`).
 """
 from __future__ import annotations
 
-import unicodedata
-
+from roost.filters import text_rules
 from roost.filters.base import Drop, Filter
-
-
-def normalize(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+from roost.filters.text_rules import normalize_text as normalize  # noqa: F401  (tests, callers)
 
 
 class Truncated(Filter):
@@ -39,11 +35,8 @@ class BrokenText(Filter):
         self.name = reason
 
     def check(self, row):
-        text = row["text"]
-        if "\ufffd" in text:
-            return Drop(self.name, "contains U+FFFD (invalid UTF-8)")
-        bad = next((c for c in text if unicodedata.category(c) == "Cc" and c not in "\n\t\r"), None)
-        return Drop(self.name, f"control character {bad!r}") if bad else None
+        why = text_rules.broken_text(row["text"])
+        return Drop(self.name, why) if why else None
 
 
 class TooShort(Filter):
@@ -58,12 +51,14 @@ class TooShort(Filter):
 
 
 class NotARequest(Filter):
-    """An instruction ending in ':' announces content that never came (Magpie's own filter)."""
+    """Not a request: no letters, or a lead-in ending in ':' that announces content that never
+    came (Magpie's own filter). The same rule curation's `not_a_request` applies."""
 
     name = "not_a_request"
 
     def check(self, row):
-        return Drop(self.name, "ends with ':'") if row["text"].rstrip().endswith(":") else None
+        why = text_rules.not_a_request(row["text"], min_words=1)
+        return Drop(self.name, why) if why else None
 
 
 class TemplateLeak(Filter):
@@ -91,10 +86,8 @@ class DuplicateInstruction(Filter):
         key = normalize(row["text"])
         if key in self._seen:
             return Drop(self.name)
+        self._seen.add(key)
         return None
-
-    def accept(self, text: str) -> None:
-        self._seen.add(normalize(text))
 
     def settings(self):
         return {}

@@ -3,11 +3,13 @@
 For each conversation: render the pre-query template (everything before a user message),
 let the model complete it up to its end-of-turn marker -> the instruction; render the
 conversation through the chat template with a generation prompt -> the response; repeat
-for `n_turns`. Identical prompts are sent once with vLLM's `n`, and every stage of a shard
-is a single engine call, so generation runs at engine speed.
+for `n_turns`. Identical prompts are sent once with vLLM's `n` (the engine groups them),
+and every stage of a shard is a single engine call, so generation runs at engine speed.
 
 Broken turns (truncated, empty, not a request, template leaks, duplicates) are dropped
 with their reason; the shard tops itself up for `max_rounds` rounds to reach its quota.
+Every engine call gets a seed derived from the shard's seed, the round, the turn and the
+stage, so a shard's rows do not depend on what ran before it in the process.
 """
 from __future__ import annotations
 
@@ -15,16 +17,47 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from roost.engines.base import Completion, Engine, Sampling, render_chat
+from pydantic import Field, field_validator
+
+from roost.config import SamplingConfig, Strict
+from roost.engines.base import Completion, Engine, derive_seed, generate_grouped, render_chat
 from roost.filters.base import FilterStep
-from roost.recipe import MagpieConfig, SamplingConfig
-from roost.schemas import row_id
+from roost.schemas import SFT_ROWS, row_id
 from roost.synthesizers import instruction_rules as rules
+from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, Synthesizer, SynthesizerConfig
 from roost.synthesizers.magpie_prompts import MULTI_TURN_PROMPT, TASK_PROMPTS, language_prompt
 from roost.synthesizers.templates import first_turn_template, pre_query, turn_markers
 from roost.writer import Reject
+
+
+class WeightedPrompt(Strict):
+    text: str = Field(min_length=1)
+    weight: float = Field(1.0, gt=0.0)
+
+
+class MagpieConfig(SynthesizerConfig):
+    kind: Literal["magpie"] = "magpie"
+    n_turns: int = Field(1, ge=1, le=16)
+    # One prompt, or a weighted mix {key: {text, weight}} (or {key: text}, weight 1).
+    system_prompt: str | dict[str, WeightedPrompt | str] | None = None
+    include_system_prompt: bool = False
+    task: Literal["math", "code", "translation"] | None = None
+    language: str | None = Field(None, min_length=2)
+    pre_query_template: str = "auto"
+    instruction: SamplingConfig = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=512)
+    response: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=1024)
+    extra_stop: list[str] = Field(default_factory=list)
+    min_instruction_chars: int = Field(8, ge=1)
+    max_rounds: int = Field(3, ge=1, le=20)
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _non_empty_mix(cls, v):
+        if isinstance(v, dict) and not v:
+            raise ValueError("a system prompt mix needs at least one entry")
+        return v
 
 
 @dataclass
@@ -37,58 +70,57 @@ class Conversation:
     output_tokens: int = 0
 
 
-@dataclass
-class ShardOutput:
-    rows: list[dict]
-    rejects: list[Reject]
-    stats: dict[str, Any]
+class Magpie:
+    """The method over one engine: `generate` makes conversations, `generate_prompts` makes
+    only the user side (conversations ending in a user turn, for preference synthesizers)."""
 
-
-class MagpieSynthesizer:
-    def __init__(self, config: MagpieConfig, engine: Engine, *, model_id: str, seed: int = 0):
+    def __init__(self, config: MagpieConfig, engine: Engine, *, model_id: str):
         self.config = config
         self.engine = engine
         self.model_id = model_id
-        self.seed = seed
         self.tokenizer = engine.tokenizer
         self.markers = turn_markers(self.tokenizer)
-        stop = self.markers.stop + tuple(config.extra_stop)
-        self.instruction_sampling = _sampling(config.instruction, stop, self.markers.stop_token_ids)
-        self.response_sampling = _sampling(config.response, self.markers.stop, self.markers.stop_token_ids)
+        self.instruction_sampling = config.instruction.to_engine(
+            stop=self.markers.stop + tuple(config.extra_stop), stop_token_ids=self.markers.stop_token_ids)
+        self.response_sampling = config.response.to_engine(
+            stop=self.markers.stop, stop_token_ids=self.markers.stop_token_ids)
         self.system_prompts = self._system_prompt_choices()
         self._generated_tokens = 0
 
-    # -- public ---------------------------------------------------------------------------
-
-    def generate(self, quota: int, rng: random.Random, *, label: str = "") -> ShardOutput:
-        """Up to `quota` finished conversations, plus the rejects met on the way."""
+    def generate(self, quota: int, seed: int, *, label: str = "", prompts_only: bool = False) -> ShardOutput:
+        """Up to `quota` finished conversations, plus the rejects met on the way. With
+        `prompts_only`, the last user turn gets no answer."""
         started = time.perf_counter()
+        rng = random.Random(seed)
         self._generated_tokens = 0
-        rows: list[dict] = []
+        convs_done: list[Conversation] = []
         rejects: list[Reject] = []
         dedup = rules.DuplicateInstruction()
         rounds = 0
-        while len(rows) < quota and rounds < self.config.max_rounds:
+        while len(convs_done) < quota and rounds < self.config.max_rounds:
             rounds += 1
-            convs = [self._new_conversation(rng) for _ in range(quota - len(rows))]
+            convs = [self._new_conversation(rng) for _ in range(quota - len(convs_done))]
             for turn in range(self.config.n_turns):
-                convs = self._user_turn(convs, turn, rejects, dedup, f"{label} turn {turn + 1} instructions")
-                convs = self._assistant_turn(convs, rejects, f"{label} turn {turn + 1} responses")
-            rows.extend(self._row(c) for c in convs)
+                step_seed = derive_seed(seed, rounds, turn)
+                convs = self._user_turn(convs, turn, rejects, dedup, step_seed, f"{label} turn {turn + 1} instructions")
+                if prompts_only and turn == self.config.n_turns - 1:
+                    break
+                convs = self._assistant_turn(convs, rejects, step_seed, f"{label} turn {turn + 1} responses")
+            convs_done.extend(convs)
+        rows = [self._row(c, seed) for c in convs_done]
         stats = {
             "rounds": rounds,
             "seconds": round(time.perf_counter() - started, 3),
-            "input_tokens": sum(r["input_tokens"] for r in rows),
-            "output_tokens": sum(r["output_tokens"] for r in rows),
+            "input_tokens": sum(c.input_tokens for c in convs_done),
+            "output_tokens": sum(c.output_tokens for c in convs_done),
             "generated_tokens": self._generated_tokens,  # including turns that were rejected
-            "system_prompt_keys": dict(Counter(r["system_prompt_key"] for r in rows if r["system_prompt_key"])),
+            "system_prompt_keys": dict(Counter(c.system_key for c in convs_done if c.system_key)),
         }
         return ShardOutput(rows, rejects, stats)
 
     def provenance(self) -> dict[str, Any]:
         return {
-            "instruction_sampling": self.instruction_sampling.record(),
-            "response_sampling": self.response_sampling.record(),
+            "sampling": {"instruction": self.instruction_sampling.record(), "response": self.response_sampling.record()},
             "first_turn_template": first_turn_template(
                 self.tokenizer, self.model_id, None, self.config.pre_query_template
             ),
@@ -97,9 +129,10 @@ class MagpieSynthesizer:
 
     # -- turns ----------------------------------------------------------------------------
 
-    def _user_turn(self, convs, turn, rejects, dedup, label) -> list[Conversation]:
+    def _user_turn(self, convs, turn, rejects, dedup, seed, label) -> list[Conversation]:
         prompts = [self._instruction_prompt(c, turn) for c in convs]
-        completions = self._generate_grouped(prompts, self.instruction_sampling, label)
+        completions = generate_grouped(self.engine, prompts, self.instruction_sampling, seed=seed, progress=label)
+        self._generated_tokens += sum(c.n_tokens for c in completions)
         step = FilterStep(
             [
                 rules.Truncated(),
@@ -111,59 +144,40 @@ class MagpieSynthesizer:
                 *([dedup] if turn == 0 else []),
             ],
             stage="magpie.instruction",
+            record=lambda item: self._record(item["conv"], item["completion"], turn),
+            row_id=lambda item: None,
         )
-        survivors = []
-        for conv, prompt, completion in zip(convs, prompts, completions):
-            text = completion.text.strip()
-            drop = step.first_drop({"text": text, "finish_reason": completion.finish_reason})
-            if drop:
-                rejects.append(self._reject(conv, "magpie.instruction", drop, completion, turn))
-                continue
+        items = [{"text": c.text.strip(), "finish_reason": c.finish_reason, "conv": conv, "prompt": p, "completion": c}
+                 for conv, p, c in zip(convs, prompts, completions)]
+        result = step.run(items)
+        rejects.extend(result.rejects)
+        for item in result.kept:
+            conv = item["conv"]
             if turn == 0:
-                dedup.accept(text)
-                conv.pre_query_template = prompt
-            conv.messages.append({"role": "user", "content": text})
-            conv.input_tokens += completion.n_tokens
-            survivors.append(conv)
-        return survivors
+                conv.pre_query_template = item["prompt"]
+            conv.messages.append({"role": "user", "content": item["text"]})
+            conv.input_tokens += item["completion"].n_tokens
+        return [item["conv"] for item in result.kept]
 
-    def _assistant_turn(self, convs, rejects, label) -> list[Conversation]:
-        prompts = [self._response_prompt(c) for c in convs]
-        gens = self.engine.generate(prompts, self.response_sampling, progress=label) if prompts else []
-        step = FilterStep([
-                rules.Truncated("response_truncated"),
-                rules.Empty("empty_response"),
-                rules.BrokenText("broken_response"),
-            ], "magpie.response")
-        survivors = []
-        for conv, gen in zip(convs, gens):
-            completion = gen.completions[0]
-            self._generated_tokens += completion.n_tokens
-            text = completion.text.strip()
-            drop = step.first_drop({"text": text, "finish_reason": completion.finish_reason})
-            if drop:
-                rejects.append(self._reject(conv, "magpie.response", drop, completion, None))
-                continue
-            conv.messages.append({"role": "assistant", "content": text})
-            conv.output_tokens += completion.n_tokens
-            survivors.append(conv)
-        return survivors
-
-    def _generate_grouped(self, prompts: list[str], sampling: Sampling, label: str) -> list[Completion]:
-        """One request per distinct prompt with n = its count; results back in input order."""
-        groups: dict[str, list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault(p, []).append(i)
-        if not groups:
-            return []
-        unique = list(groups)
-        gens = self.engine.generate(unique, [sampling.with_n(len(groups[p])) for p in unique], progress=label)
-        out: list[Completion | None] = [None] * len(prompts)
-        for prompt, gen in zip(unique, gens):
-            for i, completion in zip(groups[prompt], gen.completions):
-                out[i] = completion
-                self._generated_tokens += completion.n_tokens
-        return out  # type: ignore[return-value]
+    def _assistant_turn(self, convs, rejects, seed, label) -> list[Conversation]:
+        prompts = [render_chat(self.tokenizer, self._training_messages(c), add_generation_prompt=True) for c in convs]
+        gens = self.engine.generate(prompts, self.response_sampling, seed=seed, progress=label) if prompts else []
+        completions = [g.completions[0] for g in gens]
+        self._generated_tokens += sum(c.n_tokens for c in completions)
+        step = FilterStep(
+            [rules.Truncated("response_truncated"), rules.Empty("empty_response"), rules.BrokenText("broken_response")],
+            stage="magpie.response",
+            record=lambda item: self._record(item["conv"], item["completion"], None),
+            row_id=lambda item: None,
+        )
+        items = [{"text": c.text.strip(), "finish_reason": c.finish_reason, "conv": conv, "completion": c}
+                 for conv, c in zip(convs, completions)]
+        result = step.run(items)
+        rejects.extend(result.rejects)
+        for item in result.kept:
+            item["conv"].messages.append({"role": "assistant", "content": item["text"]})
+            item["conv"].output_tokens += item["completion"].n_tokens
+        return [item["conv"] for item in result.kept]
 
     # -- prompts --------------------------------------------------------------------------
 
@@ -174,9 +188,6 @@ class MagpieSynthesizer:
             )
         system = conv.system_text or MULTI_TURN_PROMPT
         return pre_query(self.tokenizer, [{"role": "system", "content": system}, *conv.messages])
-
-    def _response_prompt(self, conv: Conversation) -> str:
-        return render_chat(self.tokenizer, self._training_messages(conv), add_generation_prompt=True)
 
     def _training_messages(self, conv: Conversation) -> list[dict]:
         if self.config.include_system_prompt and conv.system_text:
@@ -209,7 +220,7 @@ class MagpieSynthesizer:
 
     # -- rows -----------------------------------------------------------------------------
 
-    def _row(self, conv: Conversation) -> dict:
+    def _row(self, conv: Conversation, seed: int) -> dict:
         messages = self._training_messages(conv)
         return {
             "id": row_id(messages),
@@ -221,37 +232,45 @@ class MagpieSynthesizer:
             "model": self.model_id,
             "pre_query_template": conv.pre_query_template,
             "generation": {
-                "instruction": _sampling_record(self.config.instruction),
-                "response": _sampling_record(self.config.response),
-                "seed": self.seed,
+                "instruction": self.config.instruction.model_dump(),
+                "response": self.config.response.model_dump(),
+                "seed": seed,
             },
             "input_tokens": conv.input_tokens,
             "output_tokens": conv.output_tokens,
         }
 
-    def _reject(self, conv, stage, drop, completion: Completion, turn) -> Reject:
-        record = {
+    def _record(self, conv: Conversation, completion: Completion, turn) -> dict:
+        return {
             "messages": list(conv.messages),
             "system_prompt_key": conv.system_key,
             "raw_text": completion.text,
             "finish_reason": completion.finish_reason,
             "turn": turn,
         }
-        return Reject(stage, drop.reason, record, detail=drop.detail)
 
 
-def _sampling(cfg: SamplingConfig, stop, stop_token_ids) -> Sampling:
-    return Sampling(
-        max_tokens=cfg.max_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-        min_p=cfg.min_p,
-        repetition_penalty=cfg.repetition_penalty,
-        stop=tuple(stop),
-        stop_token_ids=tuple(stop_token_ids),
-    )
+@SYNTHESIZERS.register
+class MagpieSynthesizer(Synthesizer):
+    """SFT conversations by Magpie; shards are quotas of `output.shard_size` rows."""
 
+    kind = "magpie"
+    Config = MagpieConfig
+    schema = SFT_ROWS
 
-def _sampling_record(cfg: SamplingConfig) -> dict:
-    return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens}
+    def __init__(self, config: MagpieConfig, recipe):
+        super().__init__(config, recipe)
+        self._magpie: Magpie | None = None
+
+    def magpie(self) -> Magpie:
+        if self._magpie is None:
+            from roost.engines import get_engine
+
+            self._magpie = Magpie(self.config, get_engine(self.recipe.model), model_id=self.recipe.model.model)
+        return self._magpie
+
+    def generate(self, shard: Shard) -> ShardOutput:
+        return self.magpie().generate(shard.quota, shard.seed, label=shard.label)
+
+    def provenance(self) -> dict[str, Any]:
+        return self.magpie().provenance()

@@ -1,0 +1,75 @@
+"""Config building blocks shared by recipes, synthesizers and stages (plain data only).
+
+`canonical(config)` is the form every fingerprint hashes: only what changes the data.
+Fields at their default are left out, so a new version that adds an option at its default
+does not change the fingerprint of an existing recipe (its outputs still resume). Fields
+marked `throughput()` (batch sizes, memory) never count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from roost.engines.base import Sampling
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def throughput(default: Any, **kwargs) -> Any:
+    """A field that changes speed or memory, never the data: kept out of fingerprints."""
+    return Field(default, json_schema_extra={"throughput": True}, **kwargs)
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    max_tokens: int = Field(512, ge=1, le=131072)
+
+    def to_engine(self, *, n: int = 1, stop=(), stop_token_ids=()) -> Sampling:
+        """The engine's `Sampling` for these settings (the one place the fields are copied)."""
+        return Sampling(n=n, stop=tuple(stop), stop_token_ids=tuple(stop_token_ids), **self.model_dump())
+
+
+def canonical(value: Any) -> Any:
+    """JSON-able form of a config with defaults and throughput fields left out (see module doc)."""
+    if isinstance(value, BaseModel):
+        out = {}
+        for name, info in type(value).model_fields.items():
+            if (info.json_schema_extra or {}).get("throughput"):
+                continue
+            v = getattr(value, name)
+            if not info.is_required() and name != "kind":
+                default = info.get_default(call_default_factory=True)
+                if _plain(default) == _plain(v):
+                    continue
+            out[name] = canonical(v)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in value.items()}
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def fingerprint(config: BaseModel, *, ignore: tuple[str, ...] = ("name",)) -> str:
+    """sha256 of the canonical form; a recipe's `name` is a label, not a setting."""
+    data = {k: v for k, v in canonical(config).items() if k not in ignore}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

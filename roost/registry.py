@@ -1,0 +1,55 @@
+"""Plug-in registries: synthesizers and curation stages are found here by their `kind`.
+
+A plug-in is one module in its package (`roost/synthesizers/`, `roost/stages/`) that
+decorates its class with `@REGISTRY.register`; the class names its `kind` and its `Config`
+(a pydantic model with `kind: Literal["..."]`). Recipes validate against the union of every
+registered config, discriminated by `kind`. Nothing else is edited to add one.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+
+class Registry:
+    def __init__(self, package: str, what: str):
+        self.package = package
+        self.what = what
+        self._classes: dict[str, type] = {}
+        self._loaded = False
+
+    def register(self, cls: type) -> type:
+        kind = cls.kind
+        if kind in self._classes and self._classes[kind] is not cls:
+            raise ValueError(f"two {self.what}s named {kind!r}")
+        self._classes[kind] = cls
+        return cls
+
+    def load(self) -> None:
+        """Import every module of the package once, so each registers itself."""
+        if self._loaded:
+            return
+        pkg = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+        self._loaded = True
+
+    def get(self, kind: str) -> type:
+        self.load()
+        return self._classes[kind]
+
+    def kinds(self) -> list[str]:
+        self.load()
+        return sorted(self._classes)
+
+    def config_union(self) -> Any:
+        """`Annotated[Union[Config, ...], Field(discriminator="kind")]` over every plug-in."""
+        self.load()
+        configs = tuple(cls.Config for _, cls in sorted(self._classes.items()))
+        if len(configs) == 1:
+            return configs[0]
+        return Annotated[Union[configs], Field(discriminator="kind")]  # type: ignore[valid-type]

@@ -1,0 +1,131 @@
+"""Curation stages: the three shapes a stage takes, and the registry that finds them.
+
+- `RowFilter`: looks at one row, returns None to keep it or a `Drop(reason, detail)`.
+- `Annotator`: adds columns to batches of rows (scores, tags); may also drop a row.
+- `SetStage`: decides over all surviving rows at once (dedup, selection) from per-row
+  `features` the runner computed in its first pass (key digests, embeddings).
+
+The runner (`roost.curate`) alone owns the passes over the input, the ledger of decisions,
+the counts, the rejects, the progress bars and the output schema (input columns plus each
+stage's declared `fields`). A stage is one module: its `Config` (with `kind`) and its class,
+decorated with `@STAGES.register`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from roost.config import Strict, canonical
+from roost.filters.base import Drop
+from roost.registry import Registry
+from roost.rows import Parsed
+
+STAGES = Registry("roost.stages", "curation stage")
+
+__all__ = ["Annotation", "Annotator", "Digest", "Drop", "Embedding", "RowFilter", "STAGES", "SetDecision",
+           "SetStage", "Stage", "StageConfig", "Survivors"]
+
+
+class StageConfig(Strict):
+    kind: str
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Feature: 16-byte hash of a normalized text view (exact dedup)."""
+
+    view: str
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Feature: unit embedding of a text view (semantic dedup, selection)."""
+
+    view: str
+
+
+class Stage:
+    kind: ClassVar[str]
+    Config: ClassVar[type[StageConfig]]
+
+    def __init__(self, config: StageConfig, context: Any):
+        self.config = config
+        self.context = context  # roost.curate.Context: row kind, embedder, earlier stages' columns
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    def fields(self) -> list[pa.Field]:
+        """Columns this stage adds to every output row."""
+        return []
+
+    def refs(self) -> set[str]:
+        """Fields whose stored values are row positions, written out as those rows' ids."""
+        return set()
+
+    def settings(self) -> dict[str, Any]:
+        """What the manifest records about how the stage ran."""
+        return canonical(self.config)
+
+    def detail(self, reason: str, measure: float) -> str | None:
+        """The rejects file's detail for a removal whose per-row number is `measure`."""
+        return None
+
+
+class RowFilter(Stage):
+    def filter(self, row: Parsed) -> Drop | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class Annotation:
+    values: dict[str, Any]
+    drop: Drop | None = None
+
+
+class Annotator(Stage):
+    batch_size: int = 1024
+
+    def annotate(self, rows: list[Parsed]) -> list[Annotation]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class Survivors:
+    """Rows still in, as arrays: input positions, their priority and the features set
+    stages asked for. Subsetting keeps them aligned."""
+
+    position: np.ndarray  # int64 row number in the input
+    priority: np.ndarray  # float64, NaN = none
+    features: dict[Any, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def subset(self, keep) -> Survivors:
+        keep = np.asarray(keep, dtype=np.int64)
+        return Survivors(self.position[keep], self.priority[keep], {k: v[keep] for k, v in self.features.items()})
+
+
+@dataclass
+class SetDecision:
+    """What a set stage decided, indexed over the survivors it was given."""
+
+    keep: np.ndarray  # bool
+    reasons: np.ndarray | None = None  # object: reason per removed row (None where kept)
+    measure: np.ndarray | None = None  # float per row: similarity etc., for the detail text
+    duplicate_of: np.ndarray | None = None  # int64 index (into survivors) of the row it duplicates, -1
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # per-row values of declared fields
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class SetStage(Stage):
+    def features(self) -> list[Any]:
+        return []
+
+    def run(self, survivors: Survivors) -> SetDecision:  # pragma: no cover - interface
+        raise NotImplementedError

@@ -1,0 +1,75 @@
+"""`deita`: deita's complexity and quality scores (roost.scorers.deita) as columns.
+
+SFT rows are scored as their conversation; preference rows as prompt + chosen.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from roost.config import throughput
+from roost.stages.base import STAGES, Annotation, Annotator, StageConfig
+
+
+class DeitaConfig(StageConfig):
+    kind: Literal["deita"]
+    complexity_model: str | None = None  # e.g. hkust-nlp/deita-complexity-scorer
+    quality_model: str | None = None  # e.g. hkust-nlp/deita-quality-scorer
+    dtype: str = "auto"
+    max_model_len: int = Field(2048, ge=16)
+    overflow: Literal["truncate", "null"] = "truncate"
+    backend: Literal["auto", "vllm", "transformers"] = throughput("auto")  # same scores either way (< 1e-4)
+    batch_size: int = throughput(2048, ge=1)  # conversations per engine call
+
+
+@STAGES.register
+class Deita(Annotator):
+    kind = "deita"
+    Config = DeitaConfig
+
+    def __init__(self, config: DeitaConfig, context):
+        super().__init__(config, context)
+        if not config.complexity_model or not config.quality_model:
+            raise context.config_error(self, "needs complexity_model and quality_model (or --scorer)")
+        from roost.engines import ensure_available
+
+        for model in {config.complexity_model, config.quality_model}:
+            ensure_available(model)
+        self.batch_size = config.batch_size
+        self._scorers: tuple | None = None
+        self.info: dict[str, Any] = {}
+
+    def fields(self) -> list[pa.Field]:
+        return [
+            pa.field("complexity_scores", pa.list_(pa.float64())),
+            pa.field("quality_scores", pa.list_(pa.float64())),
+            pa.field("deita_score", pa.float64()),
+            pa.field("deita_score_reason", pa.string()),
+        ]
+
+    def scorers(self):
+        if self._scorers is None:
+            from roost.engines import EngineConfig
+            from roost.engines.hf_scoring import get_scoring_engine
+            from roost.scorers.deita import DeitaScorer
+
+            cfg = self.config
+            made = {}
+            for role, model in (("complexity", cfg.complexity_model), ("quality", cfg.quality_model)):
+                engine = get_scoring_engine(EngineConfig(model=model, dtype=cfg.dtype, max_model_len=cfg.max_model_len),
+                                            cfg.backend)
+                made[role] = DeitaScorer(engine, overflow=cfg.overflow)
+                self.info[role] = {**engine.describe(), **made[role].settings()}
+            self._scorers = (made["complexity"], made["quality"])
+        return self._scorers
+
+    def annotate(self, rows) -> list[Annotation]:
+        complexity, quality = self.scorers()
+        results = complexity.score_conversations([r.messages for r in rows], quality=quality)
+        return [Annotation({f.name: r[f.name] for f in self.fields()}) for r in results]
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), **self.info}
+

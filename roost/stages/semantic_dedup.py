@@ -1,0 +1,75 @@
+"""`semantic_dedup`: near-duplicates by embedding similarity (sentence-transformers + FAISS,
+see roost.filters.semantic_dedup); adds Magpie's diversity tags to every surviving row."""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from roost.stages.base import STAGES, Embedding, SetDecision, SetStage, StageConfig, Survivors
+from roost.stages.exact_dedup import View
+
+
+class SemanticDedupConfig(StageConfig):
+    kind: Literal["semantic_dedup"]
+    view: View = "auto"
+    threshold: float = Field(0.9, gt=0, le=1)  # cosine similarity at or above which rows duplicate
+    k: int = Field(16, ge=1)
+    index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+
+
+@STAGES.register
+class SemanticDedup(SetStage):
+    kind = "semantic_dedup"
+    Config = SemanticDedupConfig
+
+    @property
+    def view(self) -> str:
+        return self.context.view(self.config.view)
+
+    def features(self):
+        return [Embedding(self.view)]
+
+    def fields(self) -> list[pa.Field]:
+        return [
+            pa.field("min_neighbor_distance", pa.float64()),  # cosine distance to the nearest other row
+            pa.field("repeat_count", pa.int64()),  # other rows at or above the threshold
+            pa.field("nearest_id", pa.string()),
+            pa.field("nearest_similarity", pa.float64()),
+        ]
+
+    def refs(self) -> set[str]:
+        return {"nearest_id"}
+
+    def run(self, s: Survivors) -> SetDecision:
+        from roost.filters.semantic_dedup import semantic_dedup
+
+        cfg = self.config
+        n = len(s)
+        priority = self.context.priority(s)
+        result = semantic_dedup(
+            s.features[Embedding(self.view)], [str(i) for i in range(n)], threshold=cfg.threshold,
+            scores=None if priority is None else [None if np.isnan(v) else float(v) for v in priority],
+            k=cfg.k, index=cfg.index,
+        )
+        near = np.array([-1 if v is None else int(v) for v in result.tags["nearest_id"]], dtype=np.int64)
+        dup = np.array([-1 if v is None else int(v) for v in result.duplicate_of], dtype=np.int64)
+        removed = ~result.keep
+        return SetDecision(
+            keep=result.keep,
+            reasons=np.where(removed, "semantic_duplicate", None).astype(object),
+            measure=np.array([np.nan if v is None else v for v in result.similarity], dtype=np.float64),
+            duplicate_of=dup,
+            columns={
+                "min_neighbor_distance": np.asarray(result.tags["min_neighbor_distance"], dtype=np.float64),
+                "repeat_count": np.asarray(result.tags["repeat_count"], dtype=np.float64),
+                "nearest_id": np.where(near >= 0, s.position[np.maximum(near, 0)], -1),
+                "nearest_similarity": np.asarray(result.tags["nearest_similarity"], dtype=np.float64),
+            },
+            settings={**result.settings, "view": self.view, "embedding": self.context.embedder_info},
+        )
+
+    def detail(self, reason: str, measure: float) -> str:
+        return f"cosine {measure:.4f} >= {self.config.threshold}"

@@ -1,0 +1,94 @@
+"""Synthesizers: the plug-in shape of everything `roost build` can make.
+
+A synthesizer is one module in this package: its `Config` (a pydantic model with
+`kind: Literal["..."]`, which the build recipe's `synthesizer:` holds) and a class decorated
+with `@SYNTHESIZERS.register` that declares
+- `schema`: the row schema it writes (SFT, preference, ...);
+- `plan()`: how its work splits into shards (a quota of rows each, or a slice of an input);
+- `generate(shard)`: the rows, rejects and stats of one shard (engines are loaded here, once
+  per process, never in `plan`);
+- `provenance()`: what made the rows (sampling, templates, scoring models...).
+`roost.build` runs any of them; it names none.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from roost.config import Strict
+from roost.engines.base import derive_seed
+from roost.errors import ConfigError
+from roost.registry import Registry
+from roost.schemas import RowSchema
+from roost.writer import Reject
+
+SYNTHESIZERS = Registry("roost.synthesizers", "synthesizer")
+
+
+class SynthesizerConfig(Strict):
+    kind: str
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int  # shards in the whole build
+    seed: int  # derived from the recipe seed and the index: a shard never depends on another
+    quota: int | None = None  # rows to make
+    start: int | None = None  # or: the slice [start, stop) of the input to work through
+    stop: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"shard {self.index + 1}/{self.count}"
+
+
+@dataclass
+class ShardOutput:
+    rows: list[dict]
+    rejects: list[Reject]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Synthesizer:
+    kind: ClassVar[str]
+    Config: ClassVar[type[SynthesizerConfig]]
+    schema: ClassVar[RowSchema]
+
+    def __init__(self, config: SynthesizerConfig, recipe):
+        self.config = config
+        self.recipe = recipe  # roost.recipe.Recipe: the policy model, output plan, seed, iteration
+
+    def check(self) -> None:
+        """Raise a one-line UserError for what the user can fix (other models, inputs)."""
+
+    def plan(self) -> list[Shard]:
+        """Default: quotas of `output.shard_size` rows up to `output.num_rows`."""
+        out = self.recipe.output
+        if out.num_rows is None:
+            raise ConfigError(f"field 'output.num_rows': required by the {self.kind} synthesizer")
+        count = -(-out.num_rows // out.shard_size)
+        return [self.shard(i, count, quota=min(out.shard_size, out.num_rows - i * out.shard_size))
+                for i in range(count)]
+
+    def slices(self, total: int) -> list[Shard]:
+        """Shards over an input of `total` rows (capped by `output.num_rows`)."""
+        out = self.recipe.output
+        n = total if out.num_rows is None else min(total, out.num_rows)
+        count = max(1, -(-n // out.shard_size))
+        return [self.shard(i, count, start=i * out.shard_size, stop=min(n, (i + 1) * out.shard_size))
+                for i in range(count)]
+
+    def shard(self, index: int, count: int, **kw) -> Shard:
+        return Shard(index, count, derive_seed(self.recipe.model.seed, "shard", index), **kw)
+
+    def generate(self, shard: Shard) -> ShardOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def provenance(self) -> dict[str, Any]:
+        return {}
+
+    def finish(self, writer) -> dict[str, Any]:
+        """After every shard is done: whole-build work (derived subsets, global statistics).
+        Must be idempotent and leave data/ untouched. Returns what the manifest records."""
+        return {}

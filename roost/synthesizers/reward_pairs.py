@@ -1,0 +1,316 @@
+"""Reward-ranked preference pairs (iterative DPO with a reward model: RLHFlow, iLR-DPO, MPO).
+
+For each prompt: K responses from the policy in one request (`n=K`), every response scored
+by a reward model, and the ranking turned into pairs:
+- `best_worst` (default): the best vs the worst response;
+- `best_random`: the best vs a random other response (seeded, reproducible);
+- `all_above_margin`: every pair whose score gap is above `margin`.
+Ranking is by `reward - length_penalty * tokens` (iLR-DPO's guard against the drift to
+verbose answers in iterative DPO); `chosen_tokens` / `rejected_tokens` are always recorded
+so a trainer can regularize too. `score_gap` is the ranking-score gap; `difficulty` is
+`easy` (large gap) or `hard` (small gap) by `difficulty.threshold`, or, by
+`difficulty.quantile`, from the gap distribution of the whole build at its end (MPO).
+
+Prompts come from a dataset (Parquet, `hf://`, a roost output: the conversation up to its
+last user turn; shards are slices of it) or from Magpie run first in the same shard
+(`prompts: {magpie: {...}}`; shards are quotas). Groups that cannot make a pair (every
+response truncated or empty, too few scored, best and worst tied within `margin`) go to
+rejects with that reason.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from roost.config import SamplingConfig, Strict
+from roost.engines.config import RewardModelConfig
+from roost.errors import InputError
+from roost.schemas import PREFERENCE_ROWS, row_id
+from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, Synthesizer, SynthesizerConfig
+from roost.synthesizers.magpie import MagpieConfig
+from roost.writer import Reject
+
+PAIRS = PREFERENCE_ROWS.extend([
+    pa.field("prompt_id", pa.string()),  # the input row (or Magpie conversation) the prompt came from
+    pa.field("chosen_score", pa.float64()),  # reward of the chosen response
+    pa.field("rejected_score", pa.float64()),
+    pa.field("score_gap", pa.float64()),  # gap in ranking score (reward - length_penalty * tokens)
+    pa.field("difficulty", pa.string()),  # easy / hard by score_gap (null: decided at the end, see manifest)
+    pa.field("chosen_tokens", pa.int64()),
+    pa.field("rejected_tokens", pa.int64()),
+    pa.field("all_scores", pa.list_(pa.float64())),  # every response's reward, null if not scored
+    pa.field("all_tokens", pa.list_(pa.int64())),
+    pa.field("all_responses", pa.list_(pa.string())),
+    pa.field("pair_rule", pa.string()),
+    pa.field("model_revision", pa.string()),
+    pa.field("reward_model", pa.string()),
+    pa.field("reward_model_revision", pa.string()),
+    pa.field("sampling", pa.struct([(f, t) for f, t in (("temperature", pa.float64()), ("top_p", pa.float64()),
+                                                        ("top_k", pa.int64()), ("min_p", pa.float64()),
+                                                        ("repetition_penalty", pa.float64()), ("max_tokens", pa.int64()),
+                                                        ("n", pa.int64()), ("seed", pa.int64()))])),
+])
+
+
+class PromptSource(Strict):
+    path: str | None = None  # roost output, Parquet file/dir/glob, or hf://<dataset id>
+    split: str = "train"
+    messages_column: str = "messages"
+    instruction_column: str = "instruction"
+    prompt_column: str = "prompt"
+    id_column: str = "id"
+    magpie: MagpieConfig | None = None  # or: make the prompts with Magpie in each shard
+    system_prompt: str | None = None  # put before every prompt that has no system message
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.magpie is None):
+            raise ValueError("give exactly one of prompts.path and prompts.magpie")
+        return self
+
+
+class Difficulty(Strict):
+    threshold: float | None = Field(None, ge=0)  # score_gap >= threshold is easy
+    quantile: float = Field(0.5, gt=0, lt=1)  # else: the build's gap quantile at its end
+    subsets: bool = False  # also write easy/ and hard/ subsets (Hub configs) at the end
+
+
+class RewardPairsConfig(SynthesizerConfig):
+    kind: Literal["reward_pairs"] = "reward_pairs"
+    prompts: PromptSource
+    k: int = Field(4, ge=2, le=64)  # responses per prompt
+    sampling: SamplingConfig = SamplingConfig(temperature=0.8, top_p=1.0, max_tokens=1024)
+    reward_model: RewardModelConfig
+    pair_rule: Literal["best_worst", "best_random", "all_above_margin"] = "best_worst"
+    margin: float = Field(0.0, ge=0)  # gaps at or below this are ties
+    length_penalty: float = Field(0.0, ge=0)  # rank by reward - length_penalty * tokens
+    difficulty: Difficulty = Difficulty()
+
+
+@SYNTHESIZERS.register
+class RewardPairs(Synthesizer):
+    kind = "reward_pairs"
+    Config = RewardPairsConfig
+    schema = PAIRS
+
+    def __init__(self, config: RewardPairsConfig, recipe):
+        super().__init__(config, recipe)
+        self._source = None
+        self._magpie = None
+
+    # -- plan ---------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        from roost.engines import ensure_available
+        from roost.scorers.reward import _hf_config, check_reward_head
+
+        rm = self.config.reward_model
+        ensure_available(rm.model, rm.revision)
+        check_reward_head(_hf_config(rm), rm.model, rm.trust_remote_code)
+        if self.config.prompts.path:
+            self.source()
+
+    def source(self):
+        """The prompt dataset, opened and checked (kind, columns) once."""
+        if self._source is None:
+            from roost.rows import detect_kind
+            from roost.sources import open_source
+
+            p = self.config.prompts
+            source = open_source(p.path, split=p.split)
+            kind, form = detect_kind(source.schema, self._columns())
+            if kind == "preference" and p.prompt_column not in source.schema.names:
+                raise InputError(f"{p.path}: preference rows without a '{p.prompt_column}' column; "
+                                 "set prompts.prompt_column")
+            self._source = (source, form)
+        return self._source
+
+    def _columns(self):
+        from roost.rows import Columns
+
+        p = self.config.prompts
+        return Columns(messages=p.messages_column, instruction=p.instruction_column, prompt=p.prompt_column, id=p.id_column)
+
+    def plan(self) -> list[Shard]:
+        if self.config.prompts.magpie is not None:
+            return super().plan()
+        source, _ = self.source()
+        total = source.count()
+        if total is None:
+            total = sum(len(b) for b in source.batches())
+        if total == 0:
+            raise InputError(f"{self.config.prompts.path}: no rows")
+        return self.slices(total)
+
+    # -- one shard ----------------------------------------------------------------------------
+
+    def generate(self, shard: Shard) -> ShardOutput:
+        prompts, rejects, stats = self._prompts(shard)
+        engine = self._policy()
+        sampling = self.config.sampling.to_engine(n=self.config.k)
+        gens = engine.chat([p for _, p in prompts], sampling, seed=shard.seed, progress=f"{shard.label} responses")
+        scorer = self._reward()
+        candidates, convs = [], []
+        for (pid, prompt), gen in zip(prompts, gens):
+            for c in gen.completions:
+                text = c.text.strip()
+                ok = bool(text) and not c.truncated
+                candidates.append((text, c.n_tokens, ok))
+                if ok:
+                    convs.append(prompt + [{"role": "assistant", "content": text}])
+        scores = iter(scorer.score(convs, progress=f"{shard.label} rewards") if convs else [])
+        rows = []
+        k = self.config.k
+        for i, (pid, prompt) in enumerate(prompts):
+            group = candidates[i * k:(i + 1) * k]
+            rewards = [next(scores) if ok else None for _, _, ok in group]
+            made, problem = self._pairs(pid, prompt, group, rewards, random.Random(shard.seed * 1_000_003 + i), shard)
+            if problem:
+                rejects.append(Reject("reward_pairs", problem[0], {"prompt": prompt, "prompt_id": pid,
+                                      "responses": [t for t, _, _ in group], "scores": [r.value if r else None for r in rewards],
+                                      "finish": [ok for *_, ok in group]}, detail=problem[1]))
+            rows.extend(made)
+        stats.update(prompts=len(prompts), responses=len(candidates), scored=len(convs), pairs=len(rows))
+        return ShardOutput(rows, rejects, stats)
+
+    def _prompts(self, shard: Shard) -> tuple[list[tuple[str, list[dict]]], list[Reject], dict]:
+        """(prompt id, messages up to the last user turn) for this shard, and the rejects."""
+        system = self.config.prompts.system_prompt
+        out, rejects, stats = [], [], {}
+        if self.config.prompts.magpie is not None:
+            made = self._magpie_prompts().generate(shard.quota, shard.seed, label=shard.label, prompts_only=True)
+            rejects.extend(made.rejects)
+            stats["magpie"] = made.stats
+            pairs = [(row["id"], row["messages"]) for row in made.rows]
+        else:
+            from roost.rows import parse
+
+            source, form = self.source()
+            cols = self._columns()
+            pairs = []
+            for batch in source.rows(shard.start, shard.stop):
+                for row in batch:
+                    parsed, problem = parse(row, form, cols)
+                    if problem:
+                        rejects.append(Reject("prompts", "bad_input", row, id=None, detail=problem))
+                        continue
+                    value = row.get(cols.id)
+                    pairs.append((str(value) if value not in (None, "") else row_id(parsed.prompt), parsed.prompt))
+        for pid, prompt in pairs:
+            if system and prompt[0]["role"] != "system":
+                prompt = [{"role": "system", "content": system}, *prompt]
+            out.append((pid, prompt))
+        return out, rejects, stats
+
+    def _pairs(self, pid, prompt, group, rewards, rng, shard) -> tuple[list[dict], tuple[str, str] | None]:
+        cfg = self.config
+        valid = [i for i, r in enumerate(rewards) if r is not None and r.value is not None]
+        if not any(ok for *_, ok in group):
+            return [], ("all_truncated_or_empty", f"{len(group)} responses, none finished with text")
+        if len(valid) < 2:
+            reasons = "; ".join(sorted({r.reason for r in rewards if r is not None and r.reason})) or "truncated or empty"
+            return [], ("too_few_scored", f"{len(valid)} of {len(group)} responses scored ({reasons})")
+        rank = {i: rewards[i].value - cfg.length_penalty * group[i][1] for i in valid}
+        order = sorted(valid, key=lambda i: (-rank[i], i))
+        best, worst = order[0], order[-1]
+        if cfg.pair_rule == "best_worst":
+            chosen_rejected = [(best, worst)]
+        elif cfg.pair_rule == "best_random":
+            others = [i for i in order[1:] if rank[best] - rank[i] > cfg.margin and group[i][0] != group[best][0]]
+            chosen_rejected = [(best, rng.choice(others))] if others else []
+        else:
+            chosen_rejected = [(a, b) for x, a in enumerate(order) for b in order[x + 1:]
+                               if rank[a] - rank[b] > cfg.margin]
+        chosen_rejected = [(a, b) for a, b in chosen_rejected
+                           if rank[a] - rank[b] > cfg.margin and group[a][0] != group[b][0]]
+        if not chosen_rejected:
+            return [], ("tie_within_margin", f"best {rank[best]:.4f} vs worst {rank[worst]:.4f}: gap "
+                                             f"{rank[best] - rank[worst]:.4f} <= margin {cfg.margin}")
+        rows, seen = [], set()
+        for a, b in chosen_rejected:
+            chosen = [{"role": "assistant", "content": group[a][0]}]
+            rejected = [{"role": "assistant", "content": group[b][0]}]
+            rid = row_id(prompt, chosen, rejected)
+            if rid in seen:
+                continue
+            seen.add(rid)
+            gap = rank[a] - rank[b]
+            threshold = cfg.difficulty.threshold
+            rows.append({
+                "id": rid, "prompt": prompt, "chosen": chosen, "rejected": rejected,
+                "method": "reward_ranked", "model": self.recipe.model.model, "iteration": self.recipe.iteration,
+                "prompt_id": pid, "chosen_score": rewards[a].value, "rejected_score": rewards[b].value,
+                "score_gap": gap, "difficulty": None if threshold is None else ("easy" if gap >= threshold else "hard"),
+                "chosen_tokens": group[a][1], "rejected_tokens": group[b][1],
+                "all_scores": [r.value if r is not None else None for r in rewards],
+                "all_tokens": [t for _, t, _ in group], "all_responses": [t for t, _, _ in group],
+                "pair_rule": cfg.pair_rule, "model_revision": self._revisions()["model"],
+                "reward_model": cfg.reward_model.model, "reward_model_revision": self._revisions()["reward_model"],
+                "sampling": {**cfg.sampling.model_dump(), "n": cfg.k, "seed": shard.seed},
+            })
+        return rows, None
+
+    # -- models -------------------------------------------------------------------------------
+
+    def _policy(self):
+        from roost.engines import get_engine
+
+        return get_engine(self.recipe.model)
+
+    def _reward(self):
+        from roost.scorers.reward import get_reward_scorer
+
+        return get_reward_scorer(self.config.reward_model)
+
+    def _magpie_prompts(self):
+        if self._magpie is None:
+            from roost.synthesizers.magpie import Magpie
+
+            self._magpie = Magpie(self.config.prompts.magpie, self._policy(), model_id=self.recipe.model.model)
+        return self._magpie
+
+    def _revisions(self) -> dict[str, str | None]:
+        if not hasattr(self, "_rev"):
+            self._rev = {"model": self._policy().describe().get("revision"),
+                         "reward_model": self._reward().describe().get("revision")}
+        return self._rev
+
+    def finish(self, writer) -> dict[str, Any]:
+        """The easy/hard cut over the whole build, and the subsets when asked."""
+        import numpy as np
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from roost.writer import atomic_write_table
+
+        cfg = self.config.difficulty
+        paths = [writer.data_path(i) for i in range(writer.num_shards)]
+        gaps = np.concatenate([pq.read_table(p, columns=["score_gap"]).column("score_gap").to_numpy(zero_copy_only=False)
+                               for p in paths]) if paths else np.zeros(0)
+        threshold = cfg.threshold if cfg.threshold is not None else (
+            float(np.quantile(gaps, cfg.quantile)) if len(gaps) else None)
+        out = {"threshold": threshold, "rule": "score_gap >= threshold is easy",
+               "quantile": None if cfg.threshold is not None else cfg.quantile,
+               "easy": int((gaps >= threshold).sum()) if threshold is not None else 0,
+               "hard": int((gaps < threshold).sum()) if threshold is not None else 0}
+        if cfg.subsets and threshold is not None:
+            for i, path in enumerate(paths):
+                table = pq.read_table(path)
+                easy = pc.greater_equal(table.column("score_gap"), threshold)
+                label = pa.array(np.where(easy.to_numpy(zero_copy_only=False), "easy", "hard"), pa.string())
+                table = table.set_column(table.schema.get_field_index("difficulty"), "difficulty", label)
+                for name, mask in (("easy", easy), ("hard", pc.invert(easy))):
+                    atomic_write_table(writer.root / name / writer.data_path(i).name, table.filter(mask))
+            out["subsets"] = {name: f"{name}/{writer.split}-*.parquet" for name in ("easy", "hard")}
+        return {"difficulty": out}
+
+    def provenance(self) -> dict[str, Any]:
+        out = {"sampling": {**self.config.sampling.model_dump(), "n": self.config.k},
+               "reward_model": self._reward().describe(), "pair_rule": self.config.pair_rule,
+               "length_penalty": self.config.length_penalty, "margin": self.config.margin}
+        if self._magpie is not None:
+            out["magpie"] = self._magpie.provenance()
+        return out
