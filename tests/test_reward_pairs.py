@@ -105,8 +105,8 @@ def test_other_pair_rules_and_the_groups_that_make_no_pair():
              ["rejected"][0]["content"] for s in range(30)}
     assert picks == {"b", "c", "d"}
 
-    tie, _ = _group(("a", 1, True, 1.0), ("b", 1, True, 1.05))
-    assert _synth(margin=0.1)._pairs("p", PROMPT, *tie, random.Random(0), SHARD)[1][0] == "tie_within_margin"
+    tie, r = _group(("a", 1, True, 1.0), ("b", 1, True, 1.05))
+    assert _synth(margin=0.1)._pairs("p", PROMPT, tie, r, random.Random(0), SHARD)[1][0] == "tie_within_margin"
     same, r = _group(("same", 1, True, 2.0), ("same", 1, True, 1.0))
     assert _synth()._pairs("p", PROMPT, same, r, random.Random(0), SHARD)[1][0] == "tie_within_margin"
     dead, r = _group(("", 0, False, None), ("cut", 48, False, None))

@@ -56,19 +56,27 @@ class Deita(Annotator):
             from roost.scorers.deita import DeitaScorer
 
             cfg = self.config
-            made = {}
+            made: dict[str, DeitaScorer] = {}
             for role, model in (("complexity", cfg.complexity_model), ("quality", cfg.quality_model)):
-                engine = get_scoring_engine(EngineConfig(model=model, dtype=cfg.dtype, max_model_len=cfg.max_model_len),
-                                            cfg.backend)
-                made[role] = DeitaScorer(engine, overflow=cfg.overflow)
-                self.info[role] = {**engine.describe(), **made[role].settings()}
-            self._scorers = (made["complexity"], made["quality"])
+                if model not in made:  # one model for both scores: one scorer, one engine call per batch
+                    engine = get_scoring_engine(
+                        EngineConfig(model=model, dtype=cfg.dtype, max_model_len=cfg.max_model_len), cfg.backend)
+                    made[model] = DeitaScorer(engine, overflow=cfg.overflow)
+                self.info[role] = {**made[model].engine.describe(), **made[model].settings()}
+            self._scorers = (made[cfg.complexity_model], made[cfg.quality_model])
         return self._scorers
 
     def annotate(self, rows) -> list[Annotation]:
         complexity, quality = self.scorers()
-        results = complexity.score_conversations([r.messages for r in rows], quality=quality)
-        return [Annotation({f.name: r[f.name] for f in self.fields()}) for r in results]
+        results = complexity.score_conversations([r.messages for r in rows],
+                                                 quality_scorer=None if quality is complexity else quality)
+        out = []
+        for r in results:
+            # a score that exists but was computed on cut text says so; a null score says why
+            reason = r["deita_score_reason"] or ("; ".join(r["score_notes"]) if r["score_notes"] else None)
+            out.append(Annotation({"complexity_scores": r["complexity_scores"], "quality_scores": r["quality_scores"],
+                                   "deita_score": r["deita_score"], "deita_score_reason": reason}))
+        return out
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), **self.info}
