@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import time
 from pathlib import Path
@@ -31,8 +30,8 @@ def main() -> None:
     from vllm import SamplingParams
 
     from roost.engines import EngineConfig, get_engine
-    from roost.recipe import MagpieConfig, SamplingConfig
-    from roost.synthesizers.magpie import MagpieSynthesizer
+    from roost.config import SamplingConfig
+    from roost.synthesizers.magpie import Magpie, MagpieConfig
     from roost.synthesizers.templates import first_turn_template
     from roost.tiny_model import TinyModelSpec, build_tiny_model
 
@@ -43,7 +42,7 @@ def main() -> None:
         instruction=SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=args.instruction_max_tokens),
         response=SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=args.response_max_tokens),
     )
-    synth = MagpieSynthesizer(config, engine, model_id=model)
+    synth = Magpie(config, engine, model_id=model)
     llm, tok = engine._llm, engine.tokenizer
     pre = first_turn_template(tok, model, None)
     si, sr = synth.instruction_sampling, synth.response_sampling
@@ -64,7 +63,7 @@ def main() -> None:
 
     def roost(seed: int) -> tuple[int, float]:
         t = time.perf_counter()
-        result = synth.generate(args.rows, random.Random(seed))
+        result = synth.generate(args.rows, seed)  # seeded engine calls, as roost builds run
         return result.stats["generated_tokens"], time.perf_counter() - t
 
     raw(), roost(0)  # warm-up

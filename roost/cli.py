@@ -13,6 +13,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from roost import logs
 from roost.recipe import load_recipe
 
 # Prefect's ephemeral server would try to send telemetry; these machines (and many clusters) are offline.
@@ -63,6 +64,7 @@ def build(
     shard_size: Optional[int] = typer.Option(None, help="rows per shard (overrides the recipe)"),
     seed: Optional[int] = typer.Option(None, help="seed (overrides the recipe)"),
     set_: list[str] = typer.Option([], "--set", help="any recipe field, e.g. --set synthesizer.k=8 (repeatable)"),
+    verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
 ) -> None:
     """Build a dataset from a recipe. Re-running into the same --out resumes."""
     overrides = {
@@ -76,6 +78,7 @@ def build(
     with user_errors():
         rec = load_recipe(recipe, overrides)
         out_dir = _out_dir(out or Path("out") / rec.name)
+        logs.setup(out_dir, verbose)
         from roost.build import preflight
         from roost.flows.build import build_flow
 
@@ -116,6 +119,7 @@ def curate(
     budget: Optional[int] = typer.Option(None, help="select at most this many rows, best score first (adds selection)"),
     tau: Optional[float] = typer.Option(None, help="selection: max cosine similarity to an already selected row"),
     shard_size: Optional[int] = typer.Option(None, help="rows per output shard"),
+    verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
 ) -> None:
     """Deduplicate, filter, score and select rows (SFT or preference); removed rows go to rejects/ with reasons."""
     from roost.recipe import CurateRecipe, _read_yaml, apply_overrides, stage_block, upgrade_curate, validate
@@ -131,6 +135,7 @@ def curate(
                        budget=budget, tau=tau, semantic=semantic)
         rec = validate(CurateRecipe, raw, str(recipe) if recipe is not None else "options")
         out_dir = _out_dir(out)
+        logs.setup(out_dir, verbose)
         from roost.curate import preflight
         from roost.flows.curate import curate_flow
 
@@ -209,12 +214,14 @@ def tiny_model(
 def demo(
     out: Path = typer.Option(Path("out/demo"), help="output directory"),
     num_rows: int = typer.Option(200, help="Magpie rows to generate (the pairs use their prompts)"),
+    verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
 ) -> None:
     """Offline end-to-end demo on tiny models built here: Magpie SFT rows, curated; then
     reward-ranked preference pairs from their prompts, curated."""
     from roost.tiny_model import TinyModelSpec, build_tiny_model, build_tiny_reward_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    log = logs.setup(out, verbose)
     console.print(
         "[yellow]Demo on tiny models built here (2 layers, trained for a few seconds): they have "
         "learned the chat format, but their words are noise. Point --model at a real model for real data.[/]"
@@ -223,30 +230,31 @@ def demo(
     reward_path = build_tiny_reward_model(REPO / ".cache" / "models" / "tiny-reward")
     build(
         recipe=REPO / "recipes" / "magpie-demo.yaml", model=str(model_path), revision=None,
-        out=out / "magpie", num_rows=num_rows, shard_size=None, seed=None, set_=[],
+        out=out / "magpie", num_rows=num_rows, shard_size=None, seed=None, set_=[], verbose=verbose,
     )
     console.print("[yellow]Curating it: dedup, deita scores (from the same tiny model, so noise too), selection.[/]")
     curate(
         input=str(out / "magpie"), out=out / "curated", recipe=REPO / "recipes" / "curate-demo.yaml",
         split=None, exact_field=None, semantic=None, threshold=None, embedding_model=None,
         scorer=str(model_path), complexity_model=None, quality_model=None, reward_model=None, budget=None, tau=None,
-        shard_size=None,
+        shard_size=None, verbose=verbose,
     )
     console.print("[yellow]Preference pairs: 4 samples per Magpie prompt, ranked by the tiny reward model.[/]")
     build(
         recipe=REPO / "recipes" / "reward-pairs-demo.yaml", model=str(model_path), revision=None,
         out=out / "pairs", num_rows=None, shard_size=None, seed=None,
         set_=[f"synthesizer.prompts.path={out / 'magpie'}", f"synthesizer.reward_model.model={reward_path}"],
+        verbose=verbose,
     )
     console.print("[yellow]Curating the pairs: dedup on the prompt, rewards re-scored.[/]")
     curate(
         input=str(out / "pairs"), out=out / "pairs-curated", recipe=REPO / "recipes" / "curate-pairs-demo.yaml",
         split=None, exact_field=None, semantic=None, threshold=None, embedding_model=None,
         scorer=None, complexity_model=None, quality_model=None, reward_model=str(reward_path), budget=None, tau=None,
-        shard_size=None,
+        shard_size=None, verbose=verbose,
     )
     Console().print(f"\nSFT rows: {out / 'curated'}   preference pairs: {out / 'pairs-curated'}   "
-                    f"(look inside: roost inspect {out / 'pairs-curated'})")
+                    f"(look inside: roost inspect {out / 'pairs-curated'})" + (f"\nlibrary logs: {log}" if log else ""))
 
 
 def _print_build_summary(manifest: dict, out_dir: Path) -> None:

@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from roost.ranking import priority_order
+
 _CANDIDATES = 4  # nearest kept rows re-checked in float64 per query
 
 
@@ -50,12 +52,8 @@ class SelectionResult:
 
 
 def score_order(scores: Sequence[float | None]) -> np.ndarray:
-    """Indices by score descending; None/NaN last; ties in input order."""
-    values = np.array([np.nan if s is None else float(s) for s in scores], dtype=np.float64)
-    missing = np.isnan(values)
-    key = np.where(missing, 0.0, -values)
-    # lexsort: last key is primary. Primary: missing (False first); then -score; stable.
-    return np.lexsort((key, missing)).astype(np.int64)
+    """Indices by score descending; None/NaN last; ties in input order (roost.ranking)."""
+    return priority_order(scores)
 
 
 def select_diverse(

@@ -85,7 +85,8 @@ def tiny_armo_path() -> Path:
     """ArmoRM-like custom code (auto_map + trust_remote_code), four objectives, Llama-3 template."""
     from roost.tiny_model import TinyRewardSpec, build_tiny_reward_model
 
-    return build_tiny_reward_model(MODEL_CACHE / "tiny-armo-llama3", TinyRewardSpec(kind="armo", style="llama3"))
+    return build_tiny_reward_model(MODEL_CACHE / "tiny-armo-llama3",
+                                   TinyRewardSpec(kind="armo", style="llama3", train_steps=0))
 
 
 @pytest.fixture(scope="session")

@@ -218,3 +218,20 @@ def test_pairs_bad_input_is_one_line_exit_2(tmp_path, prompt_file, tiny_chatml_p
     for (prompts,), synth, needle in cases:
         code, text, n = run(prompts, **synth)
         assert code == 2 and needle in text and n <= 2, (needle, text)
+
+
+def test_a_synthesizer_that_needs_sft_rows_refuses_preference_input_in_one_line(tmp_path):
+    # Input checking shared by every synthesizer that works through a dataset (SPIN will need
+    # gold SFT answers): a preference dataset is named as such, before any model loads.
+    from roost.errors import InputError
+    from roost.synthesizers.base import DatasetInput, InputRows
+
+    path = tmp_path / "prefs.parquet"
+    row = {"prompt": [{"role": "user", "content": "Q?"}], "chosen": [{"role": "assistant", "content": "A."}],
+           "rejected": [{"role": "assistant", "content": "B."}]}
+    pq.write_table(pa.Table.from_pylist([row], schema=pa.schema([pa.field(c, MESSAGES) for c in row])), path)
+    with pytest.raises(InputError, match=r"prefs.parquet: preference rows, but the spin synthesizer needs sft rows"):
+        InputRows(DatasetInput(path=str(path)), accepts=("sft",), who="spin")
+    rows = InputRows(DatasetInput(path=str(path)), accepts=("sft", "preference"), who="reward_pairs")
+    ((raw, parsed, problem, rid),) = list(rows.rows(0, 1))
+    assert problem is None and parsed.prompt == row["prompt"] and rid

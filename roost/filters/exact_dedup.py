@@ -16,6 +16,7 @@ import numpy as np
 
 from roost.filters.dedup_result import DedupResult
 from roost.filters.text_rules import normalize_text
+from roost.ranking import priority_keys
 
 __all__ = ["dedup_digests", "digest", "digests", "exact_dedup", "normalize_text"]
 
@@ -40,8 +41,7 @@ def dedup_digests(digests: np.ndarray, priority: np.ndarray | None = None) -> tu
         return np.zeros(0, bool), np.zeros(0, np.int64)
     halves = np.ascontiguousarray(digests, dtype=np.uint8).view(np.uint64).reshape(n, 2)
     index = np.arange(n, dtype=np.int64)
-    pri = np.zeros(n) if priority is None else np.where(np.isnan(priority), -np.inf, priority)
-    order = np.lexsort((index, -pri, halves[:, 1], halves[:, 0]))
+    order = np.lexsort((index, priority_keys(priority, n), halves[:, 1], halves[:, 0]))
     h = halves[order]
     starts = np.ones(n, dtype=bool)
     starts[1:] = (h[1:] != h[:-1]).any(axis=1)

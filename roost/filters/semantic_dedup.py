@@ -55,6 +55,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from roost.filters.dedup_result import DedupResult
+from roost.ranking import priority_order
 
 # Exact all-pairs search costs ~2*n^2*d FLOP: measured 100-200 GFLOP/s on the 2-core dev
 # machines, i.e. 50k rows ~15 s, 100k ~60 s, 1M ~2 h. IVF's calibration alone runs an exact search
@@ -74,17 +75,6 @@ def _use_gpu(use_gpu: bool | None) -> bool:
     if use_gpu is not None:
         return use_gpu
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-
-
-def _priority_order(n: int, scores: Sequence[float | None] | None) -> np.ndarray:
-    """Row indices, best first: highest score (None/NaN lowest), ties by input order."""
-    if scores is None:
-        return np.arange(n)
-    if len(scores) != n:
-        raise ValueError(f"{len(scores)} scores for {n} rows")
-    s = np.array([(-np.inf if v is None else float(v)) for v in scores], dtype=np.float64)
-    s[np.isnan(s)] = -np.inf
-    return np.lexsort((np.arange(n), -s))
 
 
 def _neighbours(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int):
@@ -359,7 +349,7 @@ def semantic_dedup(
         norms = np.linalg.norm(x[: min(n, 10_000)], axis=1)
         if np.abs(norms - 1).max() > 1e-3:
             raise ValueError("embeddings must be L2-normalised (unit rows); see roost.embeddings")
-    order = _priority_order(n, scores)
+    order = priority_order(scores, n)
     settings = {"threshold": threshold, "k": k, "rows": n, "dim": d,
                 "similarity": "cosine (inner product of unit vectors)",
                 "priority": "score desc, then input order" if scores is not None else "input order"}

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from roost.config import Strict
 from roost.engines.base import derive_seed
-from roost.errors import ConfigError
+from roost.errors import ConfigError, InputError
 from roost.registry import Registry
 from roost.schemas import RowSchema
 from roost.writer import Reject
@@ -27,6 +27,60 @@ SYNTHESIZERS = Registry("roost.synthesizers", "synthesizer")
 
 class SynthesizerConfig(Strict):
     kind: str
+
+
+class DatasetInput(Strict):
+    """A dataset a synthesizer works through: Parquet file/dir/glob, `hf://<id>`, or a roost
+    output. Rows are SFT (messages, or instruction/response) or preference rows."""
+
+    path: str | None = None
+    split: str = "train"
+    messages_column: str = "messages"
+    instruction_column: str = "instruction"
+    response_column: str = "response"
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    id_column: str = "id"
+
+    def columns(self):
+        from roost.rows import Columns
+
+        return Columns(self.messages_column, self.instruction_column, self.response_column, self.prompt_column,
+                       self.chosen_column, self.rejected_column, self.id_column)
+
+
+class InputRows:
+    """A synthesizer's input, opened and checked once (readable, of a kind it accepts, not
+    empty), then read one shard's slice at a time. Bad rows come back with the reason."""
+
+    def __init__(self, config: DatasetInput, accepts: tuple[str, ...], who: str):
+        from roost.rows import detect_kind
+        from roost.sources import open_source
+
+        self.config = config
+        self.cols = config.columns()
+        self.source = open_source(config.path, split=config.split)
+        self.kind, self.form = detect_kind(self.source.schema, self.cols)
+        if self.kind not in accepts:
+            raise InputError(f"{config.path}: {self.kind} rows, but the {who} synthesizer needs "
+                             f"{' or '.join(accepts)} rows")
+        total = self.source.count()
+        self.total = total if total is not None else sum(len(b) for b in self.source.batches())
+        if self.total == 0:
+            raise InputError(f"{config.path}: no rows")
+
+    def rows(self, start: int, stop: int):
+        """(row, parsed or None, problem or None, id) for rows [start, stop)."""
+        from roost.rows import parse
+        from roost.schemas import row_id
+
+        for batch in self.source.rows(start, stop):
+            for row in batch:
+                parsed, problem = parse(row, self.form, self.cols)
+                value = row.get(self.cols.id)
+                rid = str(value) if value not in (None, "") else (row_id(parsed.messages) if parsed else None)
+                yield row, parsed, problem, rid
 
 
 @dataclass(frozen=True)

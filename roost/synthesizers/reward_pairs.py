@@ -20,6 +20,7 @@ rejects with that reason.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -27,11 +28,17 @@ from pydantic import Field, model_validator
 
 from roost.config import SamplingConfig, Strict
 from roost.engines.config import RewardModelConfig
-from roost.errors import InputError
+from roost.filters.base import FilterStep
 from roost.schemas import PREFERENCE_ROWS, row_id
-from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, Synthesizer, SynthesizerConfig
+from roost.synthesizers import instruction_rules as rules
+from roost.synthesizers.base import (
+    SYNTHESIZERS, DatasetInput, InputRows, Shard, ShardOutput, Synthesizer, SynthesizerConfig,
+)
 from roost.synthesizers.magpie import MagpieConfig
 from roost.writer import Reject
+
+# The rules Magpie applies to its own responses: one rule set for generated text.
+RESPONSE_RULES = FilterStep([rules.Truncated("truncated"), rules.Empty("empty"), rules.BrokenText("broken_text")])
 
 PAIRS = PREFERENCE_ROWS.extend([
     pa.field("prompt_id", pa.string()),  # the input row (or Magpie conversation) the prompt came from
@@ -55,14 +62,11 @@ PAIRS = PREFERENCE_ROWS.extend([
 ])
 
 
-class PromptSource(Strict):
-    path: str | None = None  # roost output, Parquet file/dir/glob, or hf://<dataset id>
-    split: str = "train"
-    messages_column: str = "messages"
-    instruction_column: str = "instruction"
-    prompt_column: str = "prompt"
-    id_column: str = "id"
-    magpie: MagpieConfig | None = None  # or: make the prompts with Magpie in each shard
+class PromptSource(DatasetInput):
+    """The prompts: a dataset (`path`; SFT or preference rows, the conversation up to its last
+    user turn is the prompt) or Magpie run first in each shard (`magpie`)."""
+
+    magpie: MagpieConfig | None = None
     system_prompt: str | None = None  # put before every prompt that has no system message
 
     @model_validator(mode="after")
@@ -113,37 +117,15 @@ class RewardPairs(Synthesizer):
         if self.config.prompts.path:
             self.source()
 
-    def source(self):
-        """The prompt dataset, opened and checked (kind, columns) once."""
+    def source(self) -> InputRows:
         if self._source is None:
-            from roost.rows import detect_kind
-            from roost.sources import open_source
-
-            p = self.config.prompts
-            source = open_source(p.path, split=p.split)
-            kind, form = detect_kind(source.schema, self._columns())
-            if kind == "preference" and p.prompt_column not in source.schema.names:
-                raise InputError(f"{p.path}: preference rows without a '{p.prompt_column}' column; "
-                                 "set prompts.prompt_column")
-            self._source = (source, form)
+            self._source = InputRows(self.config.prompts, accepts=("sft", "preference"), who=self.kind)
         return self._source
-
-    def _columns(self):
-        from roost.rows import Columns
-
-        p = self.config.prompts
-        return Columns(messages=p.messages_column, instruction=p.instruction_column, prompt=p.prompt_column, id=p.id_column)
 
     def plan(self) -> list[Shard]:
         if self.config.prompts.magpie is not None:
             return super().plan()
-        source, _ = self.source()
-        total = source.count()
-        if total is None:
-            total = sum(len(b) for b in source.batches())
-        if total == 0:
-            raise InputError(f"{self.config.prompts.path}: no rows")
-        return self.slices(total)
+        return self.slices(self.source().total)
 
     # -- one shard ----------------------------------------------------------------------------
 
@@ -153,14 +135,16 @@ class RewardPairs(Synthesizer):
         sampling = self.config.sampling.to_engine(n=self.config.k)
         gens = engine.chat([p for _, p in prompts], sampling, seed=shard.seed, progress=f"{shard.label} responses")
         scorer = self._reward()
-        candidates, convs = [], []
+        candidates, convs, unusable = [], [], Counter()
         for (pid, prompt), gen in zip(prompts, gens):
             for c in gen.completions:
                 text = c.text.strip()
-                ok = bool(text) and not c.truncated
-                candidates.append((text, c.n_tokens, ok))
-                if ok:
+                drop = RESPONSE_RULES.first_drop({"text": text, "finish_reason": c.finish_reason})
+                candidates.append((text, c.n_tokens, drop is None))
+                if drop is None:
                     convs.append(prompt + [{"role": "assistant", "content": text}])
+                else:
+                    unusable[drop.reason] += 1
         scores = iter(scorer.score(convs, progress=f"{shard.label} rewards") if convs else [])
         rows = []
         k = self.config.k
@@ -173,7 +157,8 @@ class RewardPairs(Synthesizer):
                                       "responses": [t for t, _, _ in group], "scores": [r.value if r else None for r in rewards],
                                       "finish": [ok for *_, ok in group]}, detail=problem[1]))
             rows.extend(made)
-        stats.update(prompts=len(prompts), responses=len(candidates), scored=len(convs), pairs=len(rows))
+        stats.update(prompts=len(prompts), responses=len(candidates), scored=len(convs), pairs=len(rows),
+                     unusable_responses=dict(unusable))
         return ShardOutput(rows, rejects, stats)
 
     def _prompts(self, shard: Shard) -> tuple[list[tuple[str, list[dict]]], list[Reject], dict]:
@@ -186,19 +171,12 @@ class RewardPairs(Synthesizer):
             stats["magpie"] = made.stats
             pairs = [(row["id"], row["messages"]) for row in made.rows]
         else:
-            from roost.rows import parse
-
-            source, form = self.source()
-            cols = self._columns()
             pairs = []
-            for batch in source.rows(shard.start, shard.stop):
-                for row in batch:
-                    parsed, problem = parse(row, form, cols)
-                    if problem:
-                        rejects.append(Reject("prompts", "bad_input", row, id=None, detail=problem))
-                        continue
-                    value = row.get(cols.id)
-                    pairs.append((str(value) if value not in (None, "") else row_id(parsed.prompt), parsed.prompt))
+            for row, parsed, problem, rid in self.source().rows(shard.start, shard.stop):
+                if problem:
+                    rejects.append(Reject("prompts", "bad_input", row, id=rid, detail=problem))
+                else:
+                    pairs.append((rid, parsed.prompt))
         for pid, prompt in pairs:
             if system and prompt[0]["role"] != "system":
                 prompt = [{"role": "system", "content": system}, *prompt]
@@ -209,7 +187,8 @@ class RewardPairs(Synthesizer):
         cfg = self.config
         valid = [i for i, r in enumerate(rewards) if r is not None and r.value is not None]
         if not any(ok for *_, ok in group):
-            return [], ("all_truncated_or_empty", f"{len(group)} responses, none finished with text")
+            return [], ("all_truncated_or_empty", f"{len(group)} responses, none finished with usable text "
+                                                  "(truncated, empty or broken)")
         if len(valid) < 2:
             reasons = "; ".join(sorted({r.reason for r in rewards if r is not None and r.reason})) or "truncated or empty"
             return [], ("too_few_scored", f"{len(valid)} of {len(group)} responses scored ({reasons})")

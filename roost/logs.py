@@ -1,0 +1,75 @@
+"""Quiet by default: the terminal shows roost's progress bars, summaries and errors; the
+libraries' logs (vLLM, its engine and worker processes, transformers, Prefect) go to
+`<out>/logs/roost.log`. `--verbose` leaves every library's own console logging on.
+
+Set before any of those libraries is imported (the CLI imports them lazily): vLLM reads its
+logging config from the environment in every process it spawns, so the engine core and
+worker processes log to the same file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+_LIBRARIES = ("py.warnings", "transformers", "sentence_transformers", "huggingface_hub", "datasets", "faiss", "prefect",
+              "httpx", "torch")
+
+
+def setup(out_dir: str | Path, verbose: bool = False) -> Path | None:
+    """Route library logs to `<out_dir>/logs/roost.log` (returns its path), unless verbose."""
+    if verbose:
+        return None
+    log = Path(out_dir) / "logs" / "roost.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log), "formatter": "plain",
+                              "level": "DEBUG"}},
+        "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+    }
+    vllm_config = log.parent / "vllm-logging.json"
+    vllm_config.write_text(json.dumps(config))
+    os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(vllm_config)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    global _handler
+    logging.captureWarnings(True)  # library FutureWarnings and the like: to the file too
+    handler = logging.FileHandler(log)
+    handler.setFormatter(logging.Formatter(config["formatters"]["plain"]["format"]))
+    for name in _LIBRARIES:
+        _attach(logging.getLogger(name), handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+    _quiet_prefect(handler)
+    if _handler is not None:
+        _handler.close()
+    _handler = handler
+    return log
+
+
+_handler: logging.Handler | None = None  # the current log file (one per process: a demo runs several steps)
+
+
+def _attach(logger: logging.Logger, handler: logging.Handler) -> None:
+    if _handler is not None:
+        logger.removeHandler(_handler)
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+def _quiet_prefect(handler: logging.Handler) -> None:
+    """Prefect configures its own console handlers at import: send its loggers to the file."""
+    import prefect  # noqa: F401  (its logging setup runs on import)
+
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server", "prefect.events", "uvicorn",
+                 "uvicorn.error", "docket"):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                logger.removeHandler(h)
+        _attach(logger, handler)
