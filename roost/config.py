@@ -73,3 +73,24 @@ def fingerprint(config: BaseModel, *, ignore: tuple[str, ...] = ("name",)) -> st
     """sha256 of the canonical form; a recipe's `name` is a label, not a setting."""
     data = {k: v for k, v in canonical(config).items() if k not in ignore}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class DatasetInput(Strict):
+    """A dataset a synthesizer works through: Parquet file/dir/glob, `hf://<id>`, or a roost
+    output. Rows are SFT (messages, or instruction/response) or preference rows."""
+
+    path: str | None = None
+    split: str = "train"
+    messages_column: str = "messages"
+    instruction_column: str = "instruction"
+    response_column: str = "response"
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    id_column: str = "id"
+
+    def columns(self):
+        from roost.rows import Columns
+
+        return Columns(self.messages_column, self.instruction_column, self.response_column, self.prompt_column,
+                       self.chosen_column, self.rejected_column, self.id_column)

@@ -17,10 +17,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from roost.config import Strict, fingerprint, throughput
+from roost.config import DatasetInput, Strict, fingerprint, throughput
 from roost.engines.config import EngineConfig
 from roost.errors import ConfigError
-from roost.rows import Columns
 from roost.stages.base import STAGES
 from roost.synthesizers.base import SYNTHESIZERS
 
@@ -49,22 +48,10 @@ class Recipe(Strict):
         return fingerprint(self)
 
 
-class CurateInput(Strict):
+class CurateInput(DatasetInput):
     path: str | None = None  # roost output dir, Parquet file/dir/glob, or hf://<dataset id>
-    split: str = "train"
-    messages_column: str = "messages"
-    instruction_column: str = "instruction"
-    response_column: str = "response"
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    id_column: str = "id"
     score_column: str | None = None  # an existing score to prefer when choosing dedup survivors
     batch_size: int = throughput(4096, ge=1)  # rows per read batch (memory bound)
-
-    def columns(self) -> Columns:
-        return Columns(self.messages_column, self.instruction_column, self.response_column, self.prompt_column,
-                       self.chosen_column, self.rejected_column, self.id_column)
 
 
 class EmbeddingConfig(Strict):

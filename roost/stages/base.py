@@ -59,6 +59,11 @@ class Stage:
     def name(self) -> str:
         return self.kind
 
+    @property
+    def view(self) -> str:
+        """The text view the stage reads (its config's `view`, `auto` resolved for the row kind)."""
+        return self.context.view(getattr(self.config, "view", "auto"))
+
     def fields(self) -> list[pa.Field]:
         """Columns this stage adds to every output row."""
         return []

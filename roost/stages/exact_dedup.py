@@ -23,10 +23,6 @@ class ExactDedup(SetStage):
     kind = "exact_dedup"
     Config = ExactDedupConfig
 
-    @property
-    def view(self) -> str:
-        return self.context.view(self.config.view)
-
     def features(self):
         return [Digest(self.view)]
 

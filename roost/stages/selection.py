@@ -27,10 +27,6 @@ class Selection(SetStage):
     kind = "selection"
     Config = SelectionConfig
 
-    @property
-    def view(self) -> str:
-        return self.context.view(self.config.view)
-
     def features(self):
         return [Embedding(self.view)]
 

@@ -25,10 +25,6 @@ class SemanticDedup(SetStage):
     kind = "semantic_dedup"
     Config = SemanticDedupConfig
 
-    @property
-    def view(self) -> str:
-        return self.context.view(self.config.view)
-
     def features(self):
         return [Embedding(self.view)]
 

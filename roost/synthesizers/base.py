@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from roost.config import Strict
+from roost.config import DatasetInput, Strict
 from roost.engines.base import derive_seed
 from roost.errors import ConfigError, InputError
 from roost.registry import Registry
@@ -27,27 +27,6 @@ SYNTHESIZERS = Registry("roost.synthesizers", "synthesizer")
 
 class SynthesizerConfig(Strict):
     kind: str
-
-
-class DatasetInput(Strict):
-    """A dataset a synthesizer works through: Parquet file/dir/glob, `hf://<id>`, or a roost
-    output. Rows are SFT (messages, or instruction/response) or preference rows."""
-
-    path: str | None = None
-    split: str = "train"
-    messages_column: str = "messages"
-    instruction_column: str = "instruction"
-    response_column: str = "response"
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    id_column: str = "id"
-
-    def columns(self):
-        from roost.rows import Columns
-
-        return Columns(self.messages_column, self.instruction_column, self.response_column, self.prompt_column,
-                       self.chosen_column, self.rejected_column, self.id_column)
 
 
 class InputRows:

@@ -26,13 +26,13 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from roost.config import SamplingConfig, Strict
+from roost.config import DatasetInput, SamplingConfig, Strict
 from roost.engines.config import RewardModelConfig
 from roost.filters.base import FilterStep
 from roost.schemas import PREFERENCE_ROWS, row_id
 from roost.synthesizers import instruction_rules as rules
 from roost.synthesizers.base import (
-    SYNTHESIZERS, DatasetInput, InputRows, Shard, ShardOutput, Synthesizer, SynthesizerConfig,
+    SYNTHESIZERS, InputRows, Shard, ShardOutput, Synthesizer, SynthesizerConfig,
 )
 from roost.synthesizers.magpie import MagpieConfig
 from roost.writer import Reject
