@@ -8,7 +8,8 @@ of a float32 (or bfloat16) 2048^2 matmul measured in the same run, and the large
 of its rewards from the baseline's.
 
 - roost transformers: `get_reward_scorer(RewardModelConfig(backend="transformers"))`, padded
-  batches sorted by length, in this process;
+  batches sorted by length (at most `max_batch_tokens` padded tokens each; the CPU default 512
+  first, then the others asked for), float32 Linear layers on oneDNN, in this process;
 - roost vLLM: `backend="vllm"` (LLM(runner="pooling").classify, raw logits), in a subprocess
   started after the transformers timings, so no idle engine competes for the two cores (vLLM's
   engine core spins on a core while it waits). Prefix caching off for the timed runs (every
@@ -18,7 +19,7 @@ Conversations: `--turns` consecutive seed pairs joined into one multi-turn conve
 Models: "tiny" (the test RM, 2 x 128) and "bench" (12 layers x 768, random init, chatml).
 
 Run:  python bench/bench_reward.py [--rows 96] [--turns 3] [--models tiny,bench]
-      [--batch-sizes 8,16,32] [--vllm-dtypes float32,bfloat16]
+      [--budgets 512,2048] [--vllm-dtypes float32,bfloat16]
 """
 from __future__ import annotations
 
@@ -100,19 +101,21 @@ def reference(path: Path, convs, repeats: int = 2) -> dict:
     return {"scores": scores, "seconds": min(runs), "runs": runs, "tokens": [len(e) for e in encoded]}
 
 
-def roost_transformers(path: Path, convs, warm, batch_size: int, repeats: int = 2) -> dict:
+def roost_transformers(path: Path, convs, warm, max_batch_tokens: int, dtype: str = "auto", repeats: int = 2) -> dict:
     from roost.engines import RewardModelConfig
     from roost.scorers.reward import get_reward_scorer
 
-    scorer = get_reward_scorer(RewardModelConfig(model=str(path), backend="transformers", batch_size=batch_size))
+    scorer = get_reward_scorer(RewardModelConfig(model=str(path), backend="transformers", batch_size=64,
+                                                 max_batch_tokens=max_batch_tokens, dtype=dtype))
     scorer.score(warm)
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()
         rewards = scorer.score(convs)
         runs.append(time.perf_counter() - start)
+    info = scorer.describe()
     return {"scores": [r.value for r in rewards], "seconds": min(runs), "runs": runs,
-            "dtype": scorer.describe()["dtype"]}
+            "dtype": info["dtype"], "onednn": info["onednn_linear_layers"]}
 
 
 def worker(path: str, dtype: str, rows: int, turns: int, prefix_caching: bool) -> None:
@@ -151,7 +154,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=96)
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--models", default="tiny,bench")
-    ap.add_argument("--batch-sizes", default="8,16,32")
+    ap.add_argument("--budgets", default="512,2048", help="max_batch_tokens values (transformers)")
     ap.add_argument("--vllm-dtypes", default="float32,bfloat16")
     ap.add_argument("--worker")
     ap.add_argument("--dtype")
@@ -163,7 +166,7 @@ def main() -> None:
 
     import torch
 
-    from bench_deita import matmul_flops
+    from bench_deita import matmul_rates
 
     torch.set_num_threads(os.cpu_count() or 2)
     print(f"host: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}; "
@@ -173,7 +176,10 @@ def main() -> None:
     for name in args.models.split(","):
         path = build(name)
         print(f"\n== reward model {name} ({path.name}), {args.rows} conversations of {args.turns} turns ==", flush=True)
-        peaks = {"float32": matmul_flops("float32")}
+        rates = {"float32": matmul_rates("float32")}
+        peaks = {"float32": max(rates["float32"].values())}
+        print("float32 2048^2 matmul: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates["float32"].items())
+              + " (peak = the faster)", flush=True)
         load0 = os.getloadavg()[0]
         ref = reference(path, convs)
         n_tok = sum(ref["tokens"])
@@ -187,16 +193,25 @@ def main() -> None:
         print(f"baseline, per-row transformers float32: {ref_rate:.1f} rows/s ({n_tok / ref['seconds']:.0f} tok/s, "
               f"{n_tok / args.rows:.0f} tok/row, runs {', '.join(f'{r:.2f}' for r in ref['runs'])} s), "
               f"{pct(ref['seconds'], 'float32')}", flush=True)
-        for bs in [int(b) for b in args.batch_sizes.split(",")]:
-            ours = roost_transformers(path, convs, warm, bs)
+        for budget in [int(b) for b in args.budgets.split(",")]:
+            ours = roost_transformers(path, convs, warm, budget)
             rate = args.rows / ours["seconds"]
             diff = max(abs(a - b) for a, b in zip(ours["scores"], ref["scores"]))
-            print(f"roost transformers {ours['dtype']}, batch {bs}: {rate:.1f} rows/s = {rate / ref_rate:.2f}x "
+            print(f"roost transformers {ours['dtype']}, max_batch_tokens {budget} (oneDNN Linear layers: "
+                  f"{ours['onednn']}): {rate:.1f} rows/s = {rate / ref_rate:.2f}x "
                   f"({base}) | {pct(ours['seconds'], 'float32')} | max |diff| {diff:.1e} "
                   f"| runs {', '.join(f'{r:.2f}' for r in ours['runs'])} s", flush=True)
         for dt in args.vllm_dtypes.split(","):
             if dt not in peaks:
-                peaks[dt] = matmul_flops(dt)
+                rates[dt] = matmul_rates(dt)
+                peaks[dt] = max(rates[dt].values())
+            if dt != "float32":  # the transformers backend in the same dtype, default budget
+                ours = roost_transformers(path, convs, warm, int(args.budgets.split(",")[0]), dtype=dt)
+                rate = args.rows / ours["seconds"]
+                diff = max(abs(a - b) for a, b in zip(ours["scores"], ref["scores"]))
+                print(f"roost transformers {ours['dtype']}, max_batch_tokens {args.budgets.split(',')[0]}: "
+                      f"{rate:.1f} rows/s = {rate / ref_rate:.2f}x ({base}) | {pct(ours['seconds'], dt)} | "
+                      f"max |diff| {diff:.1e} | runs {', '.join(f'{r:.2f}' for r in ours['runs'])} s", flush=True)
             for caching in (False, True):
                 ours = run_worker(path, dt, args.rows, args.turns, prefix_caching=caching)
                 rate = args.rows / ours["seconds"]

@@ -157,8 +157,31 @@ def test_output_of_another_recipe_is_refused(tmp_path, tiny_chatml_path):
     assert "different recipe" in result.output
 
 
-def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chatml_path):
-    recipe = _recipe(tmp_path, tiny_chatml_path, num_rows=60, shard_size=10)
+def _pairs_recipe(tmp_path, model_path, reward_path) -> Path:
+    """Reward-ranked pairs over 60 seed prompts, 6 shards of 10."""
+    from roost.schemas import MESSAGES
+    from roost.tiny_model import load_seed_conversations
+
+    import pyarrow as pa
+
+    prompts = tmp_path / "prompts.parquet"
+    rows = [{"messages": [c[0]]} for c in load_seed_conversations()[:60]]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([pa.field("messages", MESSAGES)])), prompts)
+    data = {"name": "test-pairs", "model": {"model": str(model_path), "max_model_len": 1024, "seed": 0},
+            "output": {"shard_size": 10},
+            "synthesizer": {"kind": "reward_pairs", "prompts": {"path": str(prompts)}, "k": 3,
+                            "sampling": {"max_tokens": 48}, "reward_model": {"model": str(reward_path)}}}
+    path = tmp_path / "pairs.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["magpie", "reward_pairs"])
+def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chatml_path, tiny_rm_chatml_path, kind):
+    if kind == "magpie":
+        recipe = _recipe(tmp_path, tiny_chatml_path, num_rows=60, shard_size=10)
+    else:
+        recipe = _pairs_recipe(tmp_path, tiny_chatml_path, tiny_rm_chatml_path)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "roost.cli", "build", str(recipe), "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -178,6 +201,9 @@ def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chat
 
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+    # quiet by default: library logs went to the log file, not the terminal
+    assert " INFO " not in result.stdout + result.stderr
+    assert "vllm" in (out / "logs" / "roost.log").read_text()
     assert f"skipped {len(done_before)} finished shard(s)" in result.stdout
     assert len(list((out / "data").glob("*.parquet"))) == 6
     assert {f: (out / "data" / f).stat().st_mtime_ns for f in done_before} == mtimes
@@ -185,6 +211,9 @@ def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chat
     assert len(ids) == len(set(ids))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["rows"] == len(ids)
+    if kind == "reward_pairs":  # one pair or one reject per prompt: no prompt lost or doubled
+        rejects = [r for f in (out / "rejects").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+        assert len(ids) + len(rejects) == 60 and manifest["rejects"] == len(rejects)
 
 
 def test_invalid_rows_go_to_rejects_on_write(tmp_path):

@@ -250,8 +250,14 @@ def test_hf_backend_matches_vllm_and_per_row_reference(model_and_both_engines):
     assert max(abs(a.value - b.value) for a, b in zip(ours, theirs)) < 1e-4
 
 
-def test_hf_backend_batch_equals_single(chatml_hf_scoring_engine):
-    engine = chatml_hf_scoring_engine
+def test_hf_backend_batch_equals_single(tiny_chatml_path):
+    from roost.engines import EngineConfig
+    from roost.engines.hf_scoring import HFScoringEngine
+
+    # One big padded batch (the default CPU token budget would cut it into small ones).
+    engine = HFScoringEngine(EngineConfig(model=str(tiny_chatml_path), dtype="float32", max_model_len=1024),
+                             batch_size=64, max_batch_tokens=1 << 16)
+    assert engine.describe()["onednn_linear_layers"] > 0
     scorer = DeitaScorer(engine)
     pairs = _seed_pairs(12, skip=80)
     prompts = [scorer.quality_prompt(i, r).text for i, r in pairs]

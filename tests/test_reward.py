@@ -68,7 +68,8 @@ def _single(scorer: RewardScorer, conversations) -> list[Reward]:
 def test_transformers_batched_equals_per_row_forward(request, which):
     path = request.getfixturevalue(which)
     convs = _conversations()
-    scorer = get_reward_scorer(RewardModelConfig(model=str(path), backend="transformers", batch_size=4))
+    scorer = get_reward_scorer(RewardModelConfig(model=str(path), backend="transformers", batch_size=4,
+                                                 max_batch_tokens=4096))
     assert scorer.backend == "transformers"
     batched = scorer.score(convs)
     assert _max_diff(batched, _reference(path, convs)) < 1e-4
@@ -78,6 +79,7 @@ def test_transformers_batched_equals_per_row_forward(request, which):
     info = scorer.describe()
     assert info["backend"] == "transformers" and info["dtype"] == "torch.float32"
     assert info["revision"].startswith("local-sha256:") and info["device"] == "cpu"
+    assert info["onednn_linear_layers"] > 0  # float32 Linear layers on oneDNN, same rewards (above)
 
 
 def test_vllm_pooling_equals_per_row_forward(rm3_vllm_scorer, tiny_rm3_llama3_path):
@@ -112,7 +114,8 @@ def test_vllm_objective_and_weights_share_one_engine(rm3_vllm_scorer, tiny_rm3_l
 
 def test_armo_like_custom_code(tiny_armo_path):
     convs = _conversations(12)
-    scorer = get_reward_scorer(RewardModelConfig(model=str(tiny_armo_path), trust_remote_code=True, batch_size=5))
+    scorer = get_reward_scorer(RewardModelConfig(model=str(tiny_armo_path), trust_remote_code=True, batch_size=5,
+                                                 max_batch_tokens=4096))
     assert scorer.backend == "transformers"  # auto: custom code vLLM does not run
     rewards = scorer.score(convs)
     ref = _reference(tiny_armo_path, convs, trust_remote_code=True)
@@ -211,3 +214,18 @@ def test_trained_tiny_rm_prefers_seed_responses(tiny_rm_chatml_path):
     bad = scorer.score([corrupt_response(c, rng) for c in held_out])
     wins = sum(g.value > b.value for g, b in zip(good, bad))
     assert wins / len(held_out) > 0.7, wins
+
+
+def test_length_batches_and_padding():
+    from roost.engines.hf_scoring import length_batches, pad_batch
+
+    lengths = [5, 1, 9, 3, 9, 2]
+    batches = list(length_batches(lengths, batch_size=2, max_batch_tokens=100))
+    assert batches == [[2, 4], [0, 3], [5, 1]]  # longest first, every row once
+    assert list(length_batches(lengths, batch_size=8, max_batch_tokens=19)) == [[2, 4], [0, 3, 5], [1]]
+    assert list(length_batches([50], batch_size=8, max_batch_tokens=20)) == [[0]]  # one row always fits
+    ids, mask, pos = pad_batch([[7, 8, 9], [4]], pad_id=0, side="left")
+    assert ids.tolist() == [[7, 8, 9], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert pos.tolist() == [[0, 1, 2], [0, 0, 0]]
+    ids, mask, pos = pad_batch([[7, 8, 9], [4]], pad_id=0, side="right")
+    assert ids.tolist() == [[7, 8, 9], [4, 0, 0]] and pos.tolist() == [[0, 1, 2], [0, 0, 0]]

