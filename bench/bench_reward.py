@@ -8,8 +8,8 @@ of a float32 (or bfloat16) 2048^2 matmul measured in the same run, and the large
 of its rewards from the baseline's.
 
 - roost transformers: `get_reward_scorer(RewardModelConfig(backend="transformers"))`, padded
-  batches sorted by length (at most `max_batch_tokens` padded tokens each; the CPU default 512
-  first, then the others asked for), float32 Linear layers on oneDNN, in this process;
+  batches sorted by length (at most `max_batch_tokens` padded tokens each: the default for the
+  model first, then the others asked for), float32 Linear layers on oneDNN, in this process;
 - roost vLLM: `backend="vllm"` (LLM(runner="pooling").classify, raw logits), in a subprocess
   started after the transformers timings, so no idle engine competes for the two cores (vLLM's
   engine core spins on a core while it waits). Prefix caching off for the timed runs (every
@@ -19,7 +19,7 @@ Conversations: `--turns` consecutive seed pairs joined into one multi-turn conve
 Models: "tiny" (the test RM, 2 x 128) and "bench" (12 layers x 768, random init, chatml).
 
 Run:  python bench/bench_reward.py [--rows 96] [--turns 3] [--models tiny,bench]
-      [--budgets 512,2048] [--vllm-dtypes float32,bfloat16]
+      [--budgets default,2048] [--vllm-dtypes float32,bfloat16] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def model_flops(path: Path, token_counts: list[int]) -> float:
     return total
 
 
-def reference(path: Path, convs, repeats: int = 2) -> dict:
+def reference(path: Path, convs, repeats: int) -> dict:
     """One conversation per forward, float32, as the peers' scripts do."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -101,7 +101,7 @@ def reference(path: Path, convs, repeats: int = 2) -> dict:
     return {"scores": scores, "seconds": min(runs), "runs": runs, "tokens": [len(e) for e in encoded]}
 
 
-def roost_transformers(path: Path, convs, warm, max_batch_tokens: int, dtype: str = "auto", repeats: int = 2) -> dict:
+def roost_transformers(path: Path, convs, warm, max_batch_tokens: int | None, repeats: int, dtype: str = "auto") -> dict:
     from roost.engines import RewardModelConfig
     from roost.scorers.reward import get_reward_scorer
 
@@ -115,7 +115,7 @@ def roost_transformers(path: Path, convs, warm, max_batch_tokens: int, dtype: st
         runs.append(time.perf_counter() - start)
     info = scorer.describe()
     return {"scores": [r.value for r in rewards], "seconds": min(runs), "runs": runs,
-            "dtype": info["dtype"], "onednn": info["onednn_linear_layers"]}
+            "dtype": info["dtype"], "onednn": info["onednn_linear_layers"], "budget": info["max_batch_tokens"]}
 
 
 def worker(path: str, dtype: str, rows: int, turns: int, prefix_caching: bool) -> None:
@@ -154,7 +154,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=96)
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--models", default="tiny,bench")
-    ap.add_argument("--budgets", default="512,2048", help="max_batch_tokens values (transformers)")
+    ap.add_argument("--budgets", default="default,2048", help="max_batch_tokens values (transformers)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs in this process (best counts)")
     ap.add_argument("--vllm-dtypes", default="float32,bfloat16")
     ap.add_argument("--worker")
     ap.add_argument("--dtype")
@@ -181,7 +182,7 @@ def main() -> None:
         print("float32 2048^2 matmul: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates["float32"].items())
               + " (peak = the faster)", flush=True)
         load0 = os.getloadavg()[0]
-        ref = reference(path, convs)
+        ref = reference(path, convs, args.repeats)
         n_tok = sum(ref["tokens"])
         flops = model_flops(path, ref["tokens"])
         ref_rate = args.rows / ref["seconds"]
@@ -193,11 +194,13 @@ def main() -> None:
         print(f"baseline, per-row transformers float32: {ref_rate:.1f} rows/s ({n_tok / ref['seconds']:.0f} tok/s, "
               f"{n_tok / args.rows:.0f} tok/row, runs {', '.join(f'{r:.2f}' for r in ref['runs'])} s), "
               f"{pct(ref['seconds'], 'float32')}", flush=True)
-        for budget in [int(b) for b in args.budgets.split(",")]:
-            ours = roost_transformers(path, convs, warm, budget)
+        budgets = [None if b == "default" else int(b) for b in args.budgets.split(",")]
+        for budget in budgets:
+            ours = roost_transformers(path, convs, warm, budget, args.repeats)
             rate = args.rows / ours["seconds"]
             diff = max(abs(a - b) for a, b in zip(ours["scores"], ref["scores"]))
-            print(f"roost transformers {ours['dtype']}, max_batch_tokens {budget} (oneDNN Linear layers: "
+            label = f"{ours['budget']}{' (default)' if budget is None else ''}"
+            print(f"roost transformers {ours['dtype']}, max_batch_tokens {label} (oneDNN Linear layers: "
                   f"{ours['onednn']}): {rate:.1f} rows/s = {rate / ref_rate:.2f}x "
                   f"({base}) | {pct(ours['seconds'], 'float32')} | max |diff| {diff:.1e} "
                   f"| runs {', '.join(f'{r:.2f}' for r in ours['runs'])} s", flush=True)
@@ -205,11 +208,11 @@ def main() -> None:
             if dt not in peaks:
                 rates[dt] = matmul_rates(dt)
                 peaks[dt] = max(rates[dt].values())
-            if dt != "float32":  # the transformers backend in the same dtype, default budget
-                ours = roost_transformers(path, convs, warm, int(args.budgets.split(",")[0]), dtype=dt)
+            if dt != "float32":  # the transformers backend in the same dtype, first budget
+                ours = roost_transformers(path, convs, warm, budgets[0], args.repeats, dtype=dt)
                 rate = args.rows / ours["seconds"]
                 diff = max(abs(a - b) for a, b in zip(ours["scores"], ref["scores"]))
-                print(f"roost transformers {ours['dtype']}, max_batch_tokens {args.budgets.split(',')[0]}: "
+                print(f"roost transformers {ours['dtype']}, max_batch_tokens {ours['budget']}: "
                       f"{rate:.1f} rows/s = {rate / ref_rate:.2f}x ({base}) | {pct(ours['seconds'], dt)} | "
                       f"max |diff| {diff:.1e} | runs {', '.join(f'{r:.2f}' for r in ours['runs'])} s", flush=True)
             for caching in (False, True):

@@ -316,6 +316,9 @@ class RewardScorer:
             "pad_token_id": b.pad_token_id,
             "pad_token_id_set_by_roost": b.pad_set,
         }
+        if b.name == "transformers":  # this scorer's batching (the loaded model is shared)
+            info["batch_size"] = self.config.batch_size
+            info["max_batch_tokens"] = self.config.max_batch_tokens or b.engine.max_batch_tokens
         code = _remote_code_hash(self.config.model) if self.config.trust_remote_code else None
         if code:
             info["remote_code_sha256"] = code
