@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 _LIBRARIES = ("py.warnings", "transformers", "sentence_transformers", "huggingface_hub", "datasets", "faiss", "prefect",
-              "httpx", "torch")
+              "httpx")
 
 
 def setup(out_dir: str | Path, verbose: bool = False) -> Path | None:
@@ -42,9 +42,8 @@ def setup(out_dir: str | Path, verbose: bool = False) -> Path | None:
     logging.captureWarnings(True)  # library FutureWarnings and the like: to the file too
     handler = logging.FileHandler(log)
     handler.setFormatter(logging.Formatter(config["formatters"]["plain"]["format"]))
-    for name in _LIBRARIES:
+    for name in _LIBRARIES:  # their own levels stay (transformers: TRANSFORMERS_VERBOSITY)
         _attach(logging.getLogger(name), handler)
-        logging.getLogger(name).setLevel(logging.INFO)
     _quiet_prefect(handler)
     if _handler is not None:
         _handler.close()
