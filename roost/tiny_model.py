@@ -141,19 +141,8 @@ def _build_network(spec: TinyModelSpec, tokenizer):
 
     torch.manual_seed(spec.seed)
     style = STYLES[spec.style]
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        tie_word_embeddings=False,
-        eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in [style["eos"], *style["extra_eos"]]],
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    common = _trunk_config(spec, tokenizer,
+                           [tokenizer.convert_tokens_to_ids(t) for t in [style["eos"], *style["extra_eos"]]])
     if style["architecture"] == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**common)).float()
     return LlamaForCausalLM(LlamaConfig(**common)).float()
@@ -390,7 +379,13 @@ def build_tiny_reward_model(out_dir: str | Path, spec: TinyRewardSpec = TinyRewa
 
 
 def _reward_trunk_config(spec: TinyRewardSpec, tokenizer) -> dict:
-    style = STYLES[spec.style]
+    # pad_token_id matters here: batched scoring finds each row's last token by it
+    return _trunk_config(spec, tokenizer, tokenizer.convert_tokens_to_ids(STYLES[spec.style]["eos"]))
+
+
+def _trunk_config(spec, tokenizer, eos_token_id) -> dict:
+    """The transformer trunk shared by the tiny chat and reward models (a TinyModelSpec or
+    TinyRewardSpec: both carry these sizes)."""
     return dict(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -400,8 +395,8 @@ def _reward_trunk_config(spec: TinyRewardSpec, tokenizer) -> dict:
         num_key_value_heads=spec.num_kv_heads,
         max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=False,
-        eos_token_id=tokenizer.convert_tokens_to_ids(style["eos"]),
-        pad_token_id=tokenizer.pad_token_id,  # batched scoring finds each row's last token by it
+        eos_token_id=eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
 
