@@ -38,7 +38,7 @@ def user_errors():
     try:
         yield
     except UserError as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 2))
 
 
 def _out_dir(out: Path) -> Path:
@@ -85,6 +85,45 @@ def build(
         preflight(rec, out_dir)  # user errors surface here, before Prefect and the engines start
         manifest = build_flow(rec, str(out_dir))
     _print_build_summary(manifest, out_dir)
+
+
+@app.command()
+def iterate(
+    recipe: Path = typer.Argument(..., help="recipe YAML (its `loop:` block, or the options below)"),
+    train: Optional[str] = typer.Option(None, help="training command template: {data} {model} {output} [{iteration}]"),
+    iterations: Optional[int] = typer.Option(None, help="how many build+train rounds (default 2)"),
+    mix_previous: Optional[bool] = typer.Option(None, "--mix-previous/--no-mix-previous",
+                                                help="train on the previous iteration's rows too (SPIN)"),
+    subset: Optional[str] = typer.Option(None, help="which part of each build is trained on (data, sppo, ...)"),
+    model: Optional[str] = typer.Option(None, help="the starting policy (overrides the recipe)"),
+    out: Optional[Path] = typer.Option(None, help="output directory (default out/<recipe name>-iterate)"),
+    set_: list[str] = typer.Option([], "--set", help="any recipe field, e.g. --set synthesizer.k=8 (repeatable)"),
+    verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
+) -> None:
+    """Build data with model t, train model t+1 on it with your command, repeat. Re-running resumes."""
+    from roost.errors import ConfigError
+
+    loop = {"loop.train": train, "loop.iterations": iterations, "loop.mix_previous": mix_previous, "loop.subset": subset}
+    with user_errors():
+        rec = load_recipe(recipe, {"model.model": model, **{k: v for k, v in loop.items() if v is not None},
+                                   **_parse_sets(set_)})
+        if rec.loop is None:
+            raise ConfigError("field 'loop.train': required (give --train 'COMMAND {data} {model} {output}' "
+                              "or a loop: block in the recipe)")
+        out_dir = _out_dir(out or Path("out") / f"{rec.name}-iterate")
+        logs.setup(out_dir, verbose)
+        from roost.build import preflight
+        from roost.flows.iterate import iterate_flow
+        from roost.iterate import check_resumable, iteration_recipe
+
+        check_resumable(rec, rec.loop, out_dir)
+        preflight(iteration_recipe(rec, 0, rec.model.model), out_dir / "iter-0" / "data")
+        manifest = iterate_flow(rec, rec.loop, str(out_dir))
+    out_console = Console()
+    for step in manifest["iterations"]:
+        out_console.print(f"iteration {step['iteration']}: {step.get('rows')} rows from {step['model']} -> "
+                          f"model {step['output']} (exit {step.get('exit_code')})")
+    out_console.print(f"final model: {manifest['final_model']}  manifest: {out_dir / 'iterations.json'}")
 
 
 def _parse_sets(items: list[str]) -> dict:

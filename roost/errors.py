@@ -6,6 +6,8 @@ from __future__ import annotations
 class UserError(Exception):
     """A problem with what the user asked for, said in one line."""
 
+    exit_code = 2
+
 
 class ConfigError(UserError, ValueError):
     """A recipe or option is wrong; the message names the field."""

@@ -11,11 +11,13 @@ blocks `heuristics:` ... `selection:` with `enabled`) are read and converted.
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from roost.config import DatasetInput, Strict, fingerprint, throughput
 from roost.engines.config import EngineConfig
@@ -37,15 +39,50 @@ class OutputConfig(Strict):
     split: str = Field("train", pattern=r"^[A-Za-z0-9_]+$")
 
 
+PLACEHOLDERS = ("data", "model", "output", "iteration")
+REQUIRED = ("data", "model", "output")
+
+
+class LoopConfig(Strict):
+    """`roost iterate`: build, train with the user's command, repeat (see roost.iterate)."""
+
+    iterations: int = Field(2, ge=1)
+    train: str = Field(min_length=1)  # shell template, see the module doc
+    mix_previous: bool = False
+    subset: str = Field("data", pattern=r"^[A-Za-z0-9_.-]+$")
+    release_engines: bool = True  # free the process's models before training (the GPU is the trainer's)
+
+    @field_validator("train")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        check_template(value)
+        return value
+
+
+def check_template(template: str) -> None:
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as e:
+        raise ValueError(f"not a valid template ({e}); write literal braces as {{{{ }}}}") from None
+    unknown = sorted(f for f in fields if f not in PLACEHOLDERS)
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use {', '.join('{%s}' % p for p in PLACEHOLDERS)}")
+    missing = [p for p in REQUIRED if p not in fields]
+    if missing:
+        raise ValueError(f"needs {', '.join('{%s}' % p for p in missing)} (where the command reads data, the "
+                         "model to start from, and where it saves the next model)")
+
+
 class Recipe(Strict):
     name: str = Field(min_length=1)
     model: EngineConfig  # the policy: the model whose outputs become data
     synthesizer: SYNTHESIZERS.config_union()  # type: ignore[valid-type]
     output: OutputConfig = OutputConfig()
     iteration: int = Field(0, ge=0)  # which round of an iterative method (DPO, SPIN, SPPO) this is
+    loop: LoopConfig | None = None  # for `roost iterate`; not part of the data's fingerprint
 
     def fingerprint(self) -> str:
-        return fingerprint(self)
+        return fingerprint(self, ignore=("name", "loop"))
 
 
 class CurateInput(DatasetInput):

@@ -12,5 +12,26 @@ def get_engine(config: EngineConfig):
     return get_vllm_engine(config)
 
 
+def release_all() -> None:
+    """Drop every model this process holds (generative engines, scoring and reward backends,
+    and the synthesizers that reach them), so their memory goes back before another program
+    (a training step) needs it. The next use loads them again."""
+    import gc
+    import sys
+
+    for module, attr in (("roost.engines.vllm_engine", "_ENGINES"), ("roost.engines.hf_scoring", "_SCORING_ENGINES"),
+                         ("roost.scorers.reward", "_BACKENDS")):
+        if module in sys.modules:
+            getattr(sys.modules[module], attr).clear()
+    if "roost.build" in sys.modules:
+        sys.modules["roost.build"]._synthesizer.cache_clear()
+    gc.collect()
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 __all__ = ["Completion", "Engine", "EngineConfig", "Generation", "RewardModelConfig", "Sampling",
-           "ensure_available", "get_engine", "render_chat"]
+           "ensure_available", "get_engine", "release_all", "render_chat"]

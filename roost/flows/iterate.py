@@ -1,0 +1,22 @@
+"""Prefect flow for `roost iterate`: thin wiring over roost.iterate (build as a subflow, then
+the user's training command as a task, per iteration)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from roost import iterate as work
+from roost.flows.build import build_flow
+from roost.recipe import LoopConfig, Recipe
+
+
+@task(name="train", cache_policy=NO_CACHE, task_run_name="train-{log.parent.name}")
+def train(command: str, log: Path) -> int:
+    return work.run_training(command, log)
+
+
+@flow(name="roost-iterate", log_prints=True)
+def iterate_flow(recipe: Recipe, loop: LoopConfig, out: str) -> dict:
+    return work.run_iterations(recipe, loop, out, build=build_flow, train=train, on_step=print)

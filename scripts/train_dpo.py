@@ -1,0 +1,58 @@
+"""A training command for `roost iterate`: TRL's DPOTrainer on a directory of preference rows.
+
+    roost iterate recipes/spin-demo.yaml \\
+      --train "python scripts/train_dpo.py --data {data} --model {model} --output {output} --steps 8"
+
+It reads every `*.parquet` in --data (roost's prompt/chosen/rejected columns, conversational),
+trains --model for --steps steps (the reference model is the starting model, as in SPIN and
+SPPO), and saves the model and its tokenizer to --output. On a GPU, use your own recipe
+(e.g. `accelerate launch` of TRL's or the alignment handbook's DPO script); this one is small
+on purpose, to make the loop run end to end here, on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="directory of Parquet files with prompt/chosen/rejected")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--loss-type", default="sigmoid", help="sigmoid (DPO), sppo_hard, ipo, ...")
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    files = sorted(str(p) for p in Path(args.data).glob("*.parquet"))
+    if not files:
+        raise SystemExit(f"{args.data}: no *.parquet files")
+    data = load_dataset("parquet", data_files=files, split="train").select_columns(["prompt", "chosen", "rejected"])
+    print(f"{len(data)} preference rows from {len(files)} file(s)")
+    config = DPOConfig(
+        output_dir=str(Path(args.output) / "checkpoints"), max_steps=args.steps, learning_rate=args.lr,
+        beta=args.beta, loss_type=args.loss_type, per_device_train_batch_size=args.batch_size,
+        max_length=args.max_length, seed=args.seed, report_to=[], save_strategy="no", logging_steps=1,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+    result = trainer.train()
+    print(f"trained {args.steps} steps, loss {result.training_loss:.4f}")
+    trainer.save_model(args.output)
+    tokenizer.save_pretrained(args.output)
+
+
+if __name__ == "__main__":
+    main()
