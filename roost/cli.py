@@ -122,8 +122,8 @@ def iterate(
     out_console = Console()
     for step in manifest["iterations"]:
         out_console.print(f"iteration {step['iteration']}: {step.get('rows')} rows from {step['model']} -> "
-                          f"model {step['output']} (exit {step.get('exit_code')})")
-    out_console.print(f"final model: {manifest['final_model']}  manifest: {out_dir / 'iterations.json'}")
+                          f"model {step['output']} (exit {step.get('exit_code')})", soft_wrap=True)
+    out_console.print(f"final model: {manifest['final_model']}  manifest: {out_dir / 'iterations.json'}", soft_wrap=True)
 
 
 def _parse_sets(items: list[str]) -> dict:

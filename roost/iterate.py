@@ -12,7 +12,7 @@ roost does not train. It runs the user's training command (a shell template) bet
 Placeholders: `{data}` a directory of Parquet files holding exactly the training rows
 (`datasets.load_dataset("parquet", data_dir=...)` reads it), `{model}` the model that made
 them, `{output}` where the command must save the next model (weights, config and tokenizer),
-`{iteration}` t. Values are shell-quoted. String fields of the recipe may hold `{iteration}`
+`{iteration}` t. Values are shell-quoted; the command runs with roost's Python first on PATH. String fields of the recipe may hold `{iteration}`
 too (SPPO uses a new prompt set each iteration).
 
 Layout of OUT: `iterations.json` (the loop's manifest), and per iteration `iter-<t>/data`
@@ -134,12 +134,18 @@ def render_command(loop: LoopConfig, *, data: Path, model: str, output: Path, t:
 
 
 def run_training(command: str, log: Path) -> int:
-    """Run the command through the shell, its output to `log`; returns the exit code."""
+    """Run the command through the shell, its output to `log`; returns the exit code. The
+    directory of roost's own Python comes first on PATH, so `python`, `accelerate` or `trl`
+    are the ones installed beside roost (as if its virtualenv were active)."""
+    import sys
+
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     with open(log, "wb") as f:
         f.write(f"$ {command}\n".encode())
         f.flush()
-        return subprocess.run(command, shell=True, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        return subprocess.run(command, shell=True, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env=env).returncode
 
 
 def read_manifest(out: Path) -> dict[str, Any]:

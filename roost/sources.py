@@ -27,8 +27,12 @@ class Source:
     schema: pa.Schema
     _files: list[str] = field(default_factory=list)
     _hub: tuple[str, str] | None = None
+    _table: pa.Table | None = None  # JSON Lines input, read whole
 
     def batches(self, batch_size: int = 8192) -> Iterator[list[dict]]:
+        if self._table is not None:
+            yield from self.rows(0, self._table.num_rows, batch_size)
+            return
         if self._hub:
             yield from _hub_batches(*self._hub, batch_size)
             return
@@ -42,12 +46,19 @@ class Source:
                         yield batch.to_pylist()
 
     def count(self) -> int | None:
+        if self._table is not None:
+            return self._table.num_rows
         if self._hub:
             return None
         return sum(pq.ParquetFile(f).metadata.num_rows for f in self._files)
 
     def rows(self, start: int, stop: int, batch_size: int = 8192) -> Iterator[list[dict]]:
         """Rows [start, stop) in input order, in batches: one shard's slice of the input."""
+        if self._table is not None:
+            for batch in self._table.slice(start, max(0, stop - start)).to_batches(max_chunksize=batch_size):
+                if batch.num_rows:
+                    yield batch.to_pylist()
+            return
         if self._hub:
             import itertools
 
@@ -73,10 +84,13 @@ class Source:
 
 def open_source(spec: str, *, split: str = "train") -> Source:
     """A directory roost wrote (its data/), a directory or glob of Parquet files, one Parquet
-    file, or `hf://<dataset id>` for a Hub dataset (streamed)."""
+    file, a JSON Lines file (`.jsonl`, read whole), or `hf://<dataset id>` for a Hub dataset
+    (streamed)."""
     if spec.startswith("hf://"):
         return _open_hub(spec[len("hf://"):], split)
     path = Path(spec)
+    if path.suffix == ".jsonl" and path.is_file():
+        return _open_jsonl(path)
     if path.is_dir():
         files = sorted(glob.glob(str(path / "data" / f"{split}-*.parquet"))) or sorted(
             glob.glob(str(path / "**" / "*.parquet"), recursive=True)
@@ -92,6 +106,16 @@ def open_source(spec: str, *, split: str = "train") -> Source:
         raise SourceError(f"{spec}: no Parquet files found")
     schema = pads.dataset(files, format="parquet").schema
     return Source({"kind": "parquet", "path": spec, "files": len(files)}, schema, files)
+
+
+def _open_jsonl(path: Path) -> Source:
+    import pyarrow.json as pajson
+
+    try:
+        table = pajson.read_json(path)
+    except pa.ArrowInvalid as e:
+        raise SourceError(f"{path}: not valid JSON Lines ({str(e).splitlines()[0]})") from None
+    return Source({"kind": "jsonl", "path": str(path)}, table.schema, _table=table)
 
 
 def _open_hub(dataset_id: str, split: str) -> Source:
