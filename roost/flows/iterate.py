@@ -2,6 +2,7 @@
 the user's training command as a task, per iteration)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from prefect import flow, task
@@ -19,4 +20,10 @@ def train(command: str, log: Path) -> int:
 
 @flow(name="roost-iterate", log_prints=True)
 def iterate_flow(recipe: Recipe, loop: LoopConfig, out: str) -> dict:
-    return work.run_iterations(recipe, loop, out, build=build_flow, train=train, on_step=print)
+    return work.run_iterations(recipe, loop, out, build=build_flow, train=train, on_step=_say)
+
+
+def _say(message: str) -> None:
+    # the terminal, not Prefect's log (library logs go to OUT/logs/roost.log)
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
