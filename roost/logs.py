@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 _LIBRARIES = ("py.warnings", "transformers", "sentence_transformers", "huggingface_hub", "datasets", "faiss", "prefect",
@@ -48,7 +50,38 @@ def setup(out_dir: str | Path, verbose: bool = False) -> Path | None:
     if _handler is not None:
         _handler.close()
     _handler = handler
+    global _log_path
+    _log_path = log
     return log
+
+
+_log_path: Path | None = None
+
+
+@contextmanager
+def engine_start():
+    """While a model engine starts, this process's stdout and stderr file descriptors point at
+    the log file. The processes vLLM spawns (engine core, workers) inherit them, so what they
+    print outside Python logging (Triton and NUMA notices, weight-loading bars, C++ warnings)
+    lands in the log, not on the terminal. Restored on exit; a no-op with --verbose."""
+    if _log_path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    target = os.open(_log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, target):
+            os.close(fd)
 
 
 _handler: logging.Handler | None = None  # the current log file (one per process: a demo runs several steps)

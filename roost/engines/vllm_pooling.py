@@ -53,6 +53,14 @@ class VLLMPoolingEngine:
 
     def __init__(self, config: RewardModelConfig, *, dtype: str, max_model_len: int | None,
                  pad_token_id: int | None):
+        from roost.logs import engine_start
+
+        with engine_start():  # what vLLM's processes print goes to the log file
+            self._start(config, dtype, max_model_len)
+        self._lock = threading.Lock()
+        self.pad_token_id = pad_token_id
+
+    def _start(self, config: RewardModelConfig, dtype: str, max_model_len: int | None) -> None:
         from vllm.platforms import current_platform
 
         self.on_cpu = current_platform.is_cpu()
@@ -72,8 +80,6 @@ class VLLMPoolingEngine:
             kwargs["max_model_len"] = max_model_len
         kwargs.update(config.throughput)
         self._llm = LLM(**kwargs)
-        self._lock = threading.Lock()
-        self.pad_token_id = pad_token_id
 
     @property
     def max_model_len(self) -> int:
