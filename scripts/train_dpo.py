@@ -3,7 +3,8 @@
     roost iterate recipes/spin-demo.yaml \\
       --train "python scripts/train_dpo.py --data {data} --model {model} --output {output} --steps 8"
 
-It reads every `*.parquet` in --data (roost's prompt/chosen/rejected columns, conversational),
+It reads every `*.parquet` in --data (prompt/chosen/rejected, or chosen/rejected holding whole
+conversations, as in SPPO's subset),
 trains --model for --steps steps (the reference model is the starting model, as in SPIN and
 SPPO), and saves the model and its tokenizer to --output. On a GPU, use your own recipe
 (e.g. `accelerate launch` of TRL's or the alignment handbook's DPO script); this one is small
@@ -37,7 +38,9 @@ def main() -> None:
     files = sorted(str(p) for p in Path(args.data).glob("*.parquet"))
     if not files:
         raise SystemExit(f"{args.data}: no *.parquet files")
-    data = load_dataset("parquet", data_files=files, split="train").select_columns(["prompt", "chosen", "rejected"])
+    data = load_dataset("parquet", data_files=files, split="train")
+    # explicit prompt (roost's main data) or implicit (chosen/rejected hold the whole conversation)
+    data = data.select_columns([c for c in ("prompt", "chosen", "rejected") if c in data.column_names])
     print(f"{len(data)} preference rows from {len(files)} file(s)")
     config = DPOConfig(
         output_dir=str(Path(args.output) / "checkpoints"), max_steps=args.steps, learning_rate=args.lr,
