@@ -256,7 +256,7 @@ def demo(
     verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
 ) -> None:
     """Offline end-to-end demo on tiny models built here: Magpie SFT rows, curated; then
-    reward-ranked preference pairs from their prompts, curated."""
+    reward-ranked preference pairs from their prompts, curated; SPIN and SPPO pairs."""
     from roost.tiny_model import TinyModelSpec, build_tiny_model, build_tiny_reward_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -292,8 +292,22 @@ def demo(
         scorer=None, complexity_model=None, quality_model=None, reward_model=str(reward_path), budget=None, tau=None,
         shard_size=None, verbose=verbose,
     )
-    Console().print(f"\nSFT rows: {out / 'curated'}   preference pairs: {out / 'pairs-curated'}   "
-                    f"(look inside: roost inspect {out / 'pairs-curated'})" + (f"\nlibrary logs: {log}" if log else ""))
+    console.print("[yellow]SPIN pairs: the seed conversations' gold answers against the tiny policy's own.[/]")
+    build(
+        recipe=REPO / "recipes" / "spin-demo.yaml", model=str(model_path), revision=None, out=out / "spin",
+        num_rows=None, shard_size=None, seed=None,
+        set_=[f"synthesizer.input.path={REPO / 'data' / 'seed_conversations.jsonl'}"], verbose=verbose,
+    )
+    console.print("[yellow]SPPO pairs: 4 samples per Magpie prompt, the tiny policy judging them pairwise.[/]")
+    build(
+        recipe=REPO / "recipes" / "sppo-demo.yaml", model=str(model_path), revision=None, out=out / "sppo",
+        num_rows=None, shard_size=None, seed=None, set_=[f"synthesizer.prompts.path={out / 'magpie'}"],
+        verbose=verbose,
+    )
+    Console().print(f"\nSFT rows: {out / 'curated'}   reward-ranked pairs: {out / 'pairs-curated'}   SPIN: {out / 'spin'}"
+                    f"   SPPO: {out / 'sppo'} (SPPO's own columns: {out / 'sppo' / 'sppo'})\n"
+                    f"look inside: roost inspect {out / 'sppo'}   the SPIN loop: roost iterate recipes/spin-demo.yaml"
+                    + (f"\nlibrary logs: {log}" if log else ""), soft_wrap=True)
 
 
 def _print_build_summary(manifest: dict, out_dir: Path) -> None:

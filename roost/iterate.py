@@ -30,7 +30,6 @@ import json
 import os
 import shlex
 import shutil
-import string
 import subprocess
 import time
 from pathlib import Path

@@ -219,21 +219,34 @@ def validate(model: type[BaseModel], raw: dict, source: str):
     except ValidationError as e:
         err = e.errors()[0]
         more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise ConfigError(f"{source}: field '{field_name(err['loc'])}': {err['msg']}{more}") from None
+        raise ConfigError(f"{source}: field '{field_name(err['loc'], raw)}': {err['msg']}{more}") from None
 
 
-def field_name(loc: tuple) -> str:
-    """('stages', 2, 'deita', 'dtype') -> 'stages[2](deita).dtype'; type names dropped."""
+def field_name(loc: tuple, raw: Any = None) -> str:
+    """('stages', 2, 'deita', 'dtype') -> 'stages[2](deita).dtype'; type names and the tags
+    pydantic adds for a discriminated union (the value's `kind`) dropped."""
     kinds = set(SYNTHESIZERS.kinds()) | set(STAGES.kinds())
     out = ""
     prev = None
+    node = raw
     for part in loc:
+        tag = isinstance(node, dict) and part not in node and node.get("kind") == part
         if part in kinds and isinstance(prev, int):
             out += f"({part})"  # stages[2](semantic_dedup).threshold
-        elif not (_TYPE_TAG.match(str(part)) or (part in kinds and prev == "synthesizer")):
+        elif not (tag or _TYPE_TAG.match(str(part)) or (part in kinds and prev == "synthesizer")):
             out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if not tag:
+            node = _child(node, part)
         prev = part
     return out or "(root)"
+
+
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return None
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:

@@ -24,21 +24,15 @@ from collections import Counter
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from roost.config import DatasetInput, SamplingConfig, Strict
+from roost.config import SamplingConfig, Strict
 from roost.engines.config import RewardModelConfig
-from roost.filters.base import FilterStep
 from roost.schemas import PREFERENCE_ROWS, row_id
-from roost.synthesizers import instruction_rules as rules
-from roost.synthesizers.base import (
-    SYNTHESIZERS, InputRows, Shard, ShardOutput, Synthesizer, SynthesizerConfig,
-)
-from roost.synthesizers.magpie import MagpieConfig
+from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, SynthesizerConfig
+from roost.synthesizers.prompted import RESPONSE_RULES, SAMPLED, PromptedSynthesizer, PromptSource
 from roost.writer import Reject
 
-# The rules Magpie applies to its own responses: one rule set for generated text.
-RESPONSE_RULES = FilterStep([rules.Truncated("truncated"), rules.Empty("empty"), rules.BrokenText("broken_text")])
 
 PAIRS = PREFERENCE_ROWS.extend([
     pa.field("prompt_id", pa.string()),  # the input row (or Magpie conversation) the prompt came from
@@ -55,25 +49,8 @@ PAIRS = PREFERENCE_ROWS.extend([
     pa.field("model_revision", pa.string()),
     pa.field("reward_model", pa.string()),
     pa.field("reward_model_revision", pa.string()),
-    pa.field("sampling", pa.struct([(f, t) for f, t in (("temperature", pa.float64()), ("top_p", pa.float64()),
-                                                        ("top_k", pa.int64()), ("min_p", pa.float64()),
-                                                        ("repetition_penalty", pa.float64()), ("max_tokens", pa.int64()),
-                                                        ("n", pa.int64()), ("seed", pa.int64()))])),
+    pa.field("sampling", SAMPLED),
 ])
-
-
-class PromptSource(DatasetInput):
-    """The prompts: a dataset (`path`; SFT or preference rows, the conversation up to its last
-    user turn is the prompt) or Magpie run first in each shard (`magpie`)."""
-
-    magpie: MagpieConfig | None = None
-    system_prompt: str | None = None  # put before every prompt that has no system message
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if (self.path is None) == (self.magpie is None):
-            raise ValueError("give exactly one of prompts.path and prompts.magpie")
-        return self
 
 
 class Difficulty(Strict):
@@ -95,15 +72,10 @@ class RewardPairsConfig(SynthesizerConfig):
 
 
 @SYNTHESIZERS.register
-class RewardPairs(Synthesizer):
+class RewardPairs(PromptedSynthesizer):
     kind = "reward_pairs"
     Config = RewardPairsConfig
     schema = PAIRS
-
-    def __init__(self, config: RewardPairsConfig, recipe):
-        super().__init__(config, recipe)
-        self._source = None
-        self._magpie = None
 
     # -- plan ---------------------------------------------------------------------------------
 
@@ -116,16 +88,6 @@ class RewardPairs(Synthesizer):
         check_reward_head(_hf_config(rm), rm.model, rm.trust_remote_code)
         if self.config.prompts.path:
             self.source()
-
-    def source(self) -> InputRows:
-        if self._source is None:
-            self._source = InputRows(self.config.prompts, accepts=("sft", "preference"), who=self.kind)
-        return self._source
-
-    def plan(self) -> list[Shard]:
-        if self.config.prompts.magpie is not None:
-            return super().plan()
-        return self.slices(self.source().total)
 
     # -- one shard ----------------------------------------------------------------------------
 
@@ -160,28 +122,6 @@ class RewardPairs(Synthesizer):
         stats.update(prompts=len(prompts), responses=len(candidates), scored=len(convs), pairs=len(rows),
                      unusable_responses=dict(unusable))
         return ShardOutput(rows, rejects, stats)
-
-    def _prompts(self, shard: Shard) -> tuple[list[tuple[str, list[dict]]], list[Reject], dict]:
-        """(prompt id, messages up to the last user turn) for this shard, and the rejects."""
-        system = self.config.prompts.system_prompt
-        out, rejects, stats = [], [], {}
-        if self.config.prompts.magpie is not None:
-            made = self._magpie_prompts().generate(shard.quota, shard.seed, label=shard.label, prompts_only=True)
-            rejects.extend(made.rejects)
-            stats["magpie"] = made.stats
-            pairs = [(row["id"], row["messages"]) for row in made.rows]
-        else:
-            pairs = []
-            for row, parsed, problem, rid in self.source().rows(shard.start, shard.stop):
-                if problem:
-                    rejects.append(Reject("prompts", "bad_input", row, id=rid, detail=problem))
-                else:
-                    pairs.append((rid, parsed.prompt))
-        for pid, prompt in pairs:
-            if system and prompt[0]["role"] != "system":
-                prompt = [{"role": "system", "content": system}, *prompt]
-            out.append((pid, prompt))
-        return out, rejects, stats
 
     def _pairs(self, pid, prompt, group, rewards, rng, shard) -> tuple[list[dict], tuple[str, str] | None]:
         cfg = self.config
@@ -234,22 +174,10 @@ class RewardPairs(Synthesizer):
 
     # -- models -------------------------------------------------------------------------------
 
-    def _policy(self):
-        from roost.engines import get_engine
-
-        return get_engine(self.recipe.model)
-
     def _reward(self):
         from roost.scorers.reward import get_reward_scorer
 
         return get_reward_scorer(self.config.reward_model)
-
-    def _magpie_prompts(self):
-        if self._magpie is None:
-            from roost.synthesizers.magpie import Magpie
-
-            self._magpie = Magpie(self.config.prompts.magpie, self._policy(), model_id=self.recipe.model.model)
-        return self._magpie
 
     def _revisions(self) -> dict[str, str | None]:
         if not hasattr(self, "_rev"):

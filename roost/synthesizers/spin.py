@@ -34,9 +34,8 @@ import pyarrow as pa
 
 from roost.config import DatasetInput, SamplingConfig
 from roost.schemas import MESSAGES, PREFERENCE_ROWS, row_id
-from roost.schemas.rows import SAMPLING
 from roost.synthesizers.base import SYNTHESIZERS, InputRows, Shard, ShardOutput, Synthesizer, SynthesizerConfig
-from roost.synthesizers.reward_pairs import RESPONSE_RULES
+from roost.synthesizers.prompted import RESPONSE_RULES, SAMPLED
 from roost.writer import Reject
 
 SPIN_ROWS = PREFERENCE_ROWS.extend([
@@ -47,7 +46,7 @@ SPIN_ROWS = PREFERENCE_ROWS.extend([
     pa.field("generated_tokens", pa.int64()),
     pa.field("finish_reason", pa.string()),  # of the generated answer
     pa.field("model_revision", pa.string()),
-    pa.field("sampling", pa.struct(list(SAMPLING) + [pa.field("n", pa.int64()), pa.field("seed", pa.int64())])),
+    pa.field("sampling", SAMPLED),
 ])
 
 
