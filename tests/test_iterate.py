@@ -95,3 +95,24 @@ def test_iterate_spin_two_real_iterations(tmp_path, tiny_chatml_path):
     assert [(Path(s["output"]) / "config.json").stat().st_mtime_ns for s in (first, second)] == stamps
     assert [Path(s["log"]).read_text() for s in (first, second)] == logs
     assert json.loads((out / "iterations.json").read_text())["iterations"] == manifest["iterations"]
+
+
+def test_iteration_recipe_and_command(tmp_path, tiny_chatml_path):
+    from roost.iterate import iteration_recipe, model_problem, render_command
+    from roost.recipe import validate_recipe
+
+    raw = spin_recipe(tiny_chatml_path, tmp_path / "prompts-{iteration}.parquet")
+    raw["loop"] = {"train": "train.sh --data {data} --model {model} --out {output} --round {iteration}"}
+    recipe = validate_recipe(raw)
+    assert recipe.fingerprint() == validate_recipe({k: v for k, v in raw.items() if k != "loop"}).fingerprint()
+    first = iteration_recipe(recipe, 0, recipe.model.model)
+    assert first.model == recipe.model and first.iteration == 0 and first.loop is None
+    assert first.synthesizer.input.path == str(tmp_path / "prompts-0.parquet")
+    later = iteration_recipe(recipe, 2, str(tmp_path / "iter-1" / "model"))
+    assert later.model.model == str(tmp_path / "iter-1" / "model") and later.model.revision is None
+    assert later.iteration == 2 and later.synthesizer.input.path == str(tmp_path / "prompts-2.parquet")
+    assert later.model.seed == recipe.model.seed  # the model changes between iterations, not the seed
+    command = render_command(recipe.loop, data=tmp_path / "a b", model="m; rm -rf /", output=tmp_path / "o", t=1)
+    assert command == (f"train.sh --data '{tmp_path / 'a b'}' --model 'm; rm -rf /' --out {tmp_path / 'o'} --round 1")
+    assert model_problem(tmp_path) == "no config.json"
+    assert model_problem(tiny_chatml_path) is None
