@@ -1,0 +1,1 @@
+"""Reasoning data: math problems, answer checking, step splitting (for step-wise pairs)."""
