@@ -87,7 +87,8 @@ def run_shard(recipe: Recipe, out: str | Path, index: int) -> ShardStats:
         **_engine_provenance(recipe),
         **synth.provenance(),
     }
-    return writer.write_shard(index, result.rows, result.rejects, provenance, result.stats)
+    subsets = {name: (schema, result.subsets.get(name, [])) for name, schema in synth.subsets.items()}
+    return writer.write_shard(index, result.rows, result.rejects, provenance, result.stats, subsets)
 
 
 def _engine_provenance(recipe: Recipe) -> dict[str, Any]:

@@ -196,8 +196,11 @@ class DatasetWriter:
         rejects: Iterable[Reject],
         provenance: dict[str, Any],
         extra_stats: dict[str, Any] | None = None,
+        subsets: dict[str, tuple[pa.Schema, list[dict]]] | None = None,
     ) -> ShardStats:
-        """Validate rows, write rejects then data. Invalid rows join the rejects."""
+        """Validate rows, write subsets (other configs of the same output, e.g. PRM labels, in
+        `<root>/<name>/`), then rejects, then data. Invalid rows join the rejects. The data
+        file is written last: it marks the shard done, so a killed shard is redone whole."""
         good, bad = self.validate(rows)
         rejects = list(rejects) + bad
         seen: set[str] = set()
@@ -217,6 +220,9 @@ class DatasetWriter:
             extra=extra_stats or {},
         )
         shard_meta = {"provenance": provenance, "shard": stats.__dict__}
+        for name, (schema, subset_rows) in (subsets or {}).items():
+            table = pa.Table.from_pylist(subset_rows, schema=schema)
+            atomic_write_table(self.root / name / shard_name(self.split, index, self.num_shards), table)
         reject_table = pa.Table.from_pylist([r.as_row() for r in rejects], schema=REJECT)
         atomic_write_table(self.rejects_path(index), _with_meta(reject_table, shard_meta))
         table = pa.Table.from_pylist(unique, schema=self.schema.arrow)

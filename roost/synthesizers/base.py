@@ -7,13 +7,17 @@ with `@SYNTHESIZERS.register` that declares
 - `plan()`: how its work splits into shards (a quota of rows each, or a slice of an input);
 - `generate(shard)`: the rows, rejects and stats of one shard (engines are loaded here, once
   per process, never in `plan`);
-- `provenance()`: what made the rows (sampling, templates, scoring models...).
+- `provenance()`: what made the rows (sampling, templates, scoring models...);
+- `subsets` (optional): other configs of the same output written beside `data/` per shard
+  (e.g. process labels next to the pairs), from `ShardOutput.subsets`.
 `roost.build` runs any of them; it names none.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import pyarrow as pa
 
 from roost.config import DatasetInput, Strict
 from roost.engines.base import derive_seed
@@ -81,12 +85,15 @@ class ShardOutput:
     rows: list[dict]
     rejects: list[Reject]
     stats: dict[str, Any] = field(default_factory=dict)
+    subsets: dict[str, list[dict]] = field(default_factory=dict)  # name -> rows (see Synthesizer.subsets)
 
 
 class Synthesizer:
     kind: ClassVar[str]
     Config: ClassVar[type[SynthesizerConfig]]
     schema: ClassVar[RowSchema]
+    # other configs of the same output, written per shard beside data/ (`<out>/<name>/`)
+    subsets: ClassVar[dict[str, pa.Schema]] = {}
 
     def __init__(self, config: SynthesizerConfig, recipe):
         self.config = config

@@ -1,0 +1,444 @@
+"""Step-DPO: step-wise preference pairs for reasoning, the first wrong step found by rollouts.
+
+Step-DPO (dvlab-research/Step-DPO) asks GPT-4o which step of a wrong solution is the first
+wrong one. roost finds it with the policy alone, by Monte-Carlo rollouts (Math-Shepherd,
+OmegaPRM), so the whole pipeline runs on one open model, offline. Per shard of problems:
+
+1. problems: a question and a gold answer (GSM8K's `#### N`, MATH's `\\boxed{}`, or plain),
+   parsed once; a problem without a usable gold answer goes to rejects;
+2. solutions: `samples` per problem in one request (`n`), through the policy's chat
+   template, the assistant turn started with Step-DPO's "Let's think step by step.\\nStep 1:";
+   split into steps, the final answer checked with math-verify;
+3. the first wrong step of each wrong solution, by binary search over its prefixes with
+   `locate.rollouts` rollouts per prefix (roost.reasoning.steps); each round of every search
+   of the shard is one request;
+4. rectify: from the correct prefix s_1..s_{k-1} plus the "Step k:" header, `rectify.samples`
+   continuations; each that reaches the gold answer gives its step k as `chosen` against the
+   wrong step k as `rejected`, one pair per distinct chosen step (Step-DPO's merge);
+5. rows: TRL's standard preference columns (`prompt` = the chat-templated problem with the
+   correct prefix appended, `chosen` / `rejected` = strings), Step-DPO's own columns, and
+   the evidence (first wrong step, each p_k with its rollout count, the verdicts);
+6. subsets: `step_dpo/` with exactly Step-DPO's eight columns, and `prm/`, the rollout
+   labels of every graded solution in TRL's step-wise format (`prompt`, `completions`,
+   `labels`): the steps before the first wrong one are good, it and the rest bad; every step
+   of a correct solution is good.
+
+Solutions that are truncated, whose steps are not numbered 1..n, or whose problem no sample
+solved (no prefix is known to be recoverable) are not searched: they go to rejects with the
+reason, as do located errors no continuation rectified.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from roost.config import SamplingConfig, Strict
+from roost.engines.base import derive_seed, render_chat
+from roost.errors import InputError
+from roost.reasoning import prompting
+from roost.reasoning.answers import Gold, grade, read_gold
+from roost.reasoning.steps import Estimate, Search, first_step_of, header_pattern, join_steps, locate, split_steps
+from roost.schemas import RowSchema, row_id
+from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, Synthesizer, SynthesizerConfig
+from roost.synthesizers.prompted import SAMPLED
+from roost.writer import Reject
+
+ESTIMATE = pa.struct([("k", pa.int64()), ("p", pa.float64()), ("rollouts", pa.int64()), ("correct", pa.int64())])
+STEP_DPO_COLUMNS = ("dataset", "prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen", "full_rejected",
+                    "answer")
+
+
+def _check(row: dict) -> str | None:
+    for name in ("prompt", "chosen", "rejected"):
+        if not isinstance(row.get(name), str) or not row[name].strip():
+            return f"{name}: empty or not a string"
+    if row["chosen"].strip() == row["rejected"].strip():
+        return "chosen and rejected are identical"
+    if row.get("id") != row_id(row["prompt"], row["chosen"], row["rejected"]):
+        return "id: does not match content"
+    return None
+
+
+STEP_PAIRS = RowSchema("preference", pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("prompt", pa.string(), nullable=False),  # chat-templated problem + the correct prefix + "Step k:"
+    pa.field("chosen", pa.string(), nullable=False),  # a correct step k
+    pa.field("rejected", pa.string(), nullable=False),  # the wrong step k
+    pa.field("method", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("iteration", pa.int64()),
+    # Step-DPO's own columns (its `prompt`, the bare problem, is `problem` here)
+    pa.field("dataset", pa.string()),
+    pa.field("problem", pa.string()),
+    pa.field("initial_reason_steps", pa.string()),
+    pa.field("full_chosen", pa.string()),
+    pa.field("full_rejected", pa.string()),
+    pa.field("answer", pa.string()),
+    # the evidence
+    pa.field("problem_id", pa.string()),
+    pa.field("first_wrong_step", pa.int64()),
+    pa.field("num_steps", pa.int64()),
+    pa.field("estimates", pa.list_(ESTIMATE)),  # p_k of the prefixes the search asked (k = steps kept)
+    pa.field("solve_rate", pa.float64()),  # p_0: share of the problem's sampled solutions that were right
+    pa.field("search", pa.string()),  # binary / linear
+    pa.field("solution", pa.string()),  # the wrong solution, whole
+    pa.field("solution_answer", pa.string()),  # its final answer, per the verifier
+    pa.field("chosen_answer", pa.string()),  # the rectified continuation's final answer (verified)
+    pa.field("rectified", pa.int64()),  # continuations that reached the gold answer...
+    pa.field("rectify_samples", pa.int64()),  # ...of this many
+    pa.field("model_revision", pa.string()),
+    pa.field("sampling", SAMPLED),
+]), _check)
+
+STEP_DPO_SUBSET = pa.schema([pa.field(c, pa.string()) for c in STEP_DPO_COLUMNS])
+PRM_SUBSET = pa.schema([pa.field("prompt", pa.string()), pa.field("completions", pa.list_(pa.string())),
+                        pa.field("labels", pa.list_(pa.bool_()))])
+
+
+# -- config --------------------------------------------------------------------------------------
+
+
+class Problems(Strict):
+    path: str  # Parquet file/dir/glob, JSON Lines, hf://<dataset>, a roost output
+    split: str = "train"
+    convention: Literal["auto", "gsm8k", "math", "plain"] = "auto"
+    question_column: str | None = None  # default: question (gsm8k), problem (math)
+    answer_column: str | None = None  # default: answer (gsm8k, plain), solution (math)
+    id_column: str = "id"
+    dataset: str | None = None  # Step-DPO's `dataset` column; default: the input's file or dataset name
+
+
+class StepFormat(Strict):
+    instruction: str = prompting.INSTRUCTION  # appended to the problem in the user turn
+    opener: str = prompting.OPENER  # the assistant turn starts with this...
+    header: str = prompting.HEADER  # ...and then "Step 1:"; steps are split at these headers
+
+    @field_validator("header")
+    @classmethod
+    def _has_k(cls, value: str) -> str:
+        header_pattern(value)
+        return value
+
+
+class Locate(Strict):
+    method: Literal["rollouts"] = "rollouts"
+    rollouts: int = Field(8, ge=1, le=256)  # M per prefix
+    threshold: float = Field(0.0, ge=0, lt=1)  # p_k <= threshold: the prefix no longer leads to the answer
+    search: Literal["binary", "linear"] = "binary"
+    sampling: SamplingConfig | None = None  # default: the solutions' sampling
+    max_errors_per_problem: int = Field(2, ge=1)  # distinct wrong solutions searched per problem
+
+
+class Rectify(Strict):
+    samples: int = Field(8, ge=1, le=256)  # continuations from each correct prefix (Step-DPO: 20)
+    sampling: SamplingConfig | None = None
+
+
+class StepDpoConfig(SynthesizerConfig):
+    kind: Literal["step_dpo"] = "step_dpo"
+    problems: Problems
+    format: StepFormat = StepFormat()
+    samples: int = Field(4, ge=1, le=256)  # solutions per problem
+    sampling: SamplingConfig = SamplingConfig(temperature=0.8, top_p=0.95, max_tokens=1024)  # Step-DPO's
+    locate: Locate = Locate()
+    rectify: Rectify = Rectify()
+
+
+# -- reading problems ----------------------------------------------------------------------------
+
+
+_CONVENTIONS = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    gold: Gold
+
+
+class ProblemRows:
+    """The problem input, opened and checked once; one shard's slice read at a time."""
+
+    def __init__(self, config: Problems):
+        from roost.sources import open_source
+
+        self.config = config
+        self.source = open_source(config.path, split=config.split)
+        names = set(self.source.schema.names)
+        self.convention, self.question, self.answer = self._columns(names)
+        total = self.source.count()
+        self.total = total if total is not None else sum(len(b) for b in self.source.batches())
+        if self.total == 0:
+            raise InputError(f"{config.path}: no rows")
+        self.dataset = config.dataset or Path(config.path.removeprefix("hf://")).stem or config.path
+
+    def _columns(self, names: set[str]) -> tuple[str, str, str]:
+        c = self.config
+        convention = c.convention
+        if convention == "auto":
+            found = [k for k, (q, a) in _CONVENTIONS.items() if q in names and a in names]
+            convention = found[0] if found else "plain"
+        q_default, a_default = _CONVENTIONS.get(convention, ("question", "answer"))
+        question, answer = c.question_column or q_default, c.answer_column or a_default
+        missing = [col for col in (question, answer) if col not in names]
+        if missing:
+            raise InputError(f"{c.path}: no {' or '.join(repr(m) for m in missing)} column for {convention} problems "
+                             f"(columns: {', '.join(sorted(names))}); set problems.question_column / answer_column")
+        return convention, question, answer
+
+    def problems(self, start: int, stop: int):
+        """(Problem or None, reject or None) per row of [start, stop)."""
+        for batch in self.source.rows(start, stop):
+            for row in batch:
+                question = row.get(self.question)
+                value = row.get(self.config.id_column)
+                pid = str(value) if value not in (None, "") else row_id(question, row.get(self.answer))
+                if not isinstance(question, str) or not question.strip():
+                    yield None, Reject("problems", "no_question", row, id=pid, detail=f"empty {self.question!r}")
+                    continue
+                gold, why = read_gold(row.get(self.answer), self.convention)
+                if gold is None:
+                    reason = "no_gold_answer" if row.get(self.answer) in (None, "") else "unparsable_gold_answer"
+                    yield None, Reject("problems", reason, row, id=pid, detail=why)
+                    continue
+                yield Problem(pid, question.strip(), gold), None
+
+
+# -- the synthesizer -----------------------------------------------------------------------------
+
+
+@dataclass
+class Solution:
+    problem: Problem
+    text: str  # from "Step 1:" on
+    steps: list[str]
+    correct: bool
+    answer: str | None
+    truncated: bool
+    search: Search | None = None
+    prm_labels: list[bool] | None = None
+    pairs: list[dict] = field(default_factory=list)
+
+
+@SYNTHESIZERS.register
+class StepDpo(Synthesizer):
+    kind = "step_dpo"
+    Config = StepDpoConfig
+    schema = STEP_PAIRS
+    subsets = {"step_dpo": STEP_DPO_SUBSET, "prm": PRM_SUBSET}
+
+    def __init__(self, config: StepDpoConfig, recipe):
+        super().__init__(config, recipe)
+        self._problems = None
+
+    def check(self) -> None:
+        self.problem_rows()
+
+    def problem_rows(self) -> ProblemRows:
+        if self._problems is None:
+            self._problems = ProblemRows(self.config.problems)
+        return self._problems
+
+    def plan(self) -> list[Shard]:
+        return self.slices(self.problem_rows().total)
+
+    # -- one shard ------------------------------------------------------------------------------
+
+    def generate(self, shard: Shard) -> ShardOutput:
+        problems, rejects = [], []
+        for problem, reject in self.problem_rows().problems(shard.start, shard.stop):
+            (problems.append(problem) if problem else rejects.append(reject))
+        stats = Counter(problems=len(problems))
+        solutions = self._solve(problems, shard, stats)
+        searches = self._searches(solutions, rejects, stats)
+        if searches:
+            self._locate(searches, shard, stats)
+            self._rectify([s for s in searches if s.search.first_wrong], shard, rejects, stats)
+        rows = [pair for s in solutions for pair in s.pairs]
+        prm = [self._prm_row(s) for s in solutions if s.prm_labels is not None]
+        step_dpo = [{c: row[c] if c != "prompt" else row["problem"] for c in STEP_DPO_COLUMNS} for row in rows]
+        stats.update(pairs=len(rows), prm_rows=len(prm))
+        return ShardOutput(rows, rejects, dict(stats), {"step_dpo": step_dpo, "prm": prm})
+
+    def _solve(self, problems: list[Problem], shard: Shard, stats: Counter) -> list[Solution]:
+        cfg = self.config
+        if not problems:
+            return []
+        gens = self._policy().generate([self._prefix(p, [], 1) for p in problems], cfg.sampling.to_engine(n=cfg.samples),
+                                       seed=derive_seed(shard.seed, "solutions"), progress=f"{shard.label} solutions")
+        solutions = []
+        for problem, gen in zip(problems, gens):
+            for c in gen.completions:
+                text = self._header(1) + c.text
+                verdict = grade(problem.gold, c.text)
+                solutions.append(Solution(problem, text, split_steps(text, cfg.format.header), verdict.correct,
+                                          verdict.answer, c.truncated))
+                stats["solution_tokens"] += c.n_tokens
+        stats.update(solutions=len(solutions), correct=sum(s.correct for s in solutions))
+        for s in solutions:
+            if s.correct and s.steps:
+                s.prm_labels = [True] * len(s.steps)
+        return solutions
+
+    def _searches(self, solutions: list[Solution], rejects: list[Reject], stats: Counter) -> list[Solution]:
+        """The wrong solutions worth searching (the rest go to rejects with the reason)."""
+        cfg = self.config.locate
+        by_problem: dict[str, list[Solution]] = {}
+        for s in solutions:
+            by_problem.setdefault(s.problem.id, []).append(s)
+        out = []
+        for group in by_problem.values():
+            rate = sum(s.correct for s in group) / len(group)
+            seen = set()
+            for s in (s for s in group if not s.correct):
+                problem = None
+                if s.truncated:
+                    problem = ("truncated", "the solution hit max_tokens")
+                elif not s.steps:
+                    problem = ("no_steps", f"no steps numbered 1..n under the header {self.config.format.header!r}")
+                elif rate <= cfg.threshold:
+                    problem = ("unsolved_problem", f"{sum(x.correct for x in group)} of {len(group)} solutions right: "
+                                                   "no prefix is known to lead to the answer")
+                elif s.text in seen or len(seen) >= cfg.max_errors_per_problem:
+                    stats["wrong_not_searched"] += 1  # a duplicate, or over max_errors_per_problem: not a loss
+                    continue
+                if problem:
+                    rejects.append(Reject("solutions", problem[0], {"problem": s.problem.question, "solution": s.text,
+                                                                    "answer": s.answer}, id=s.problem.id, detail=problem[1]))
+                    continue
+                seen.add(s.text)
+                s.search = Search(len(s.steps), rate, cfg.threshold, cfg.search)
+                out.append(s)
+        stats["searched"] = len(out)
+        return out
+
+    def _locate(self, searched: list[Solution], shard: Shard, stats: Counter) -> None:
+        cfg = self.config.locate
+        sampling = (cfg.sampling or self.config.sampling).to_engine(n=cfg.rollouts)
+        rounds = [0]
+
+        def estimate(asks: list[tuple[int, int]]) -> list[Estimate]:
+            prompts = [self._prefix(searched[i].problem, searched[i].steps[:k], k + 1) for i, k in asks]
+            gens = self._policy().generate(prompts, sampling, seed=derive_seed(shard.seed, "rollouts", rounds[0]),
+                                           progress=f"{shard.label} rollouts {rounds[0] + 1}")
+            rounds[0] += 1
+            out = []
+            for (i, k), gen in zip(asks, gens):
+                right = sum(grade(searched[i].problem.gold, c.text).correct for c in gen.completions)
+                stats["rollouts"] += len(gen.completions)
+                stats["rollout_tokens"] += sum(c.n_tokens for c in gen.completions)
+                out.append(Estimate(k, right / len(gen.completions), len(gen.completions), right))
+            return out
+
+        stats["rollout_requests"] += locate([s.search for s in searched], estimate)
+        for s in searched:
+            k = s.search.first_wrong
+            stats["located"] += k is not None
+            if k is not None:
+                s.prm_labels = [i < k for i in range(1, len(s.steps) + 1)]
+
+    def _rectify(self, located: list[Solution], shard: Shard, rejects: list[Reject], stats: Counter) -> None:
+        cfg = self.config.rectify
+        sampling = (cfg.sampling or self.config.sampling).to_engine(n=cfg.samples)
+        prompts = [self._prefix(s.problem, s.steps[: s.search.first_wrong - 1], s.search.first_wrong) for s in located]
+        gens = self._policy().generate(prompts, sampling, seed=derive_seed(shard.seed, "rectify"),
+                                       progress=f"{shard.label} rectify")
+        for s, gen in zip(located, gens):
+            k = s.search.first_wrong
+            rejected = " " + s.steps[k - 1]
+            verdicts = [(c, grade(s.problem.gold, c.text)) for c in gen.completions]
+            good = [(c, v) for c, v in verdicts if v.correct]
+            seen = set()
+            for c, v in good:
+                chosen = " " + first_step_of(c.text, self.config.format.header)
+                if chosen.strip() in seen or chosen.strip() == rejected.strip() or not chosen.strip():
+                    continue
+                seen.add(chosen.strip())
+                s.pairs.append(self._row(s, k, chosen, rejected, c.text, v.answer, len(good), len(verdicts), shard))
+            stats["rectified"] += bool(s.pairs)
+            if not s.pairs:
+                reason = "not_rectified" if not good else "no_new_step"
+                rejects.append(Reject("rectify", reason, {"problem": s.problem.question, "solution": s.text,
+                                                          "first_wrong_step": k}, id=s.problem.id,
+                                      detail=f"{len(good)} of {len(verdicts)} continuations from step {k} reached the "
+                                             "answer" + ("" if not good else ", each with the rejected step's text")))
+
+    # -- text -----------------------------------------------------------------------------------
+
+    def _header(self, k: int) -> str:
+        return self.config.format.header.format(k=k)
+
+    def _prefix(self, problem: Problem, steps: list[str], k: int) -> str:
+        """The policy's prompt: the chat-templated problem, the opener, the given steps and the
+        header of step k (what generation continues)."""
+        return self._chat(problem) + self._reason_steps(steps, k)
+
+    def _reason_steps(self, steps: list[str], k: int) -> str:
+        fmt = self.config.format
+        return fmt.opener + (join_steps(steps, fmt.header) + "\n" if steps else "") + self._header(k)
+
+    def _chat(self, problem: Problem) -> str:
+        user = prompting.user_turn(problem.question, self.config.format.instruction)
+        return render_chat(self._policy().tokenizer, [user], add_generation_prompt=True)
+
+    def _row(self, s: Solution, k: int, chosen: str, rejected: str, continuation: str, answer: str | None,
+             rectified: int, tried: int, shard: Shard) -> dict:
+        initial = self._reason_steps(s.steps[: k - 1], k)
+        prompt = self._chat(s.problem) + initial
+        return {
+            "id": row_id(prompt, chosen, rejected), "prompt": prompt, "chosen": chosen, "rejected": rejected,
+            "method": "step_dpo", "model": self.recipe.model.model, "iteration": self.recipe.iteration,
+            "dataset": self.problem_rows().dataset, "problem": s.problem.question, "initial_reason_steps": initial,
+            "full_chosen": " " + continuation.strip(), "full_rejected": self._after_header(s.text, k),
+            "answer": s.problem.gold.text, "problem_id": s.problem.id, "first_wrong_step": k,
+            "num_steps": len(s.steps), "estimates": [vars(e) for _, e in sorted(s.search.estimates.items())],
+            "solve_rate": s.search.p0, "search": s.search.mode, "solution": s.text, "solution_answer": s.answer,
+            "chosen_answer": answer, "rectified": rectified, "rectify_samples": tried,
+            "model_revision": self._revision(),
+            "sampling": {**self.config.sampling.model_dump(), "n": self.config.samples, "seed": shard.seed},
+        }
+
+    def _after_header(self, text: str, k: int) -> str:
+        m = [m for m in header_pattern(self.config.format.header).finditer(text)][k - 1]
+        return " " + text[m.end():].strip()
+
+    def _prm_row(self, s: Solution) -> dict:
+        fmt = self.config.format
+        return {"prompt": s.problem.question, "completions": [f"{fmt.header.format(k=k)} {b}" for k, b in
+                                                              enumerate(s.steps, start=1)], "labels": s.prm_labels}
+
+    # -- models, provenance ---------------------------------------------------------------------
+
+    def _policy(self):
+        from roost.engines import get_engine
+
+        return get_engine(self.recipe.model)
+
+    def _revision(self) -> str | None:
+        if not hasattr(self, "_rev"):
+            self._rev = self._policy().describe().get("revision")
+        return self._rev
+
+    def provenance(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"sampling": {**cfg.sampling.model_dump(), "n": cfg.samples}, "format": cfg.format.model_dump(),
+                "locate": cfg.locate.model_dump(), "rectify": cfg.rectify.model_dump(),
+                "problems": {"path": cfg.problems.path, "convention": self.problem_rows().convention,
+                             "question_column": self.problem_rows().question,
+                             "answer_column": self.problem_rows().answer},
+                "verifier": _verifier()}
+
+    def finish(self, writer) -> dict[str, Any]:
+        return {"subsets": {name: f"{name}/{writer.split}-*.parquet" for name in self.subsets}}
+
+
+def _verifier() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {"name": "math-verify", "version": version("math-verify"), "final_answer": "last \\boxed{}"}
