@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from roost.config import SamplingConfig, Strict
+from roost.engines.config import EngineConfig
 from roost.engines.base import derive_seed, render_chat
 from roost.errors import InputError
 from roost.reasoning import prompting
@@ -126,12 +127,27 @@ class StepFormat(Strict):
 
 
 class Locate(Strict):
-    method: Literal["rollouts"] = "rollouts"
+    # rollouts: the policy's own Monte-Carlo estimates; judge: an LLM reads the solution
+    # against a reference solution, with Step-DPO's prompt (for users with a strong judge)
+    method: Literal["rollouts", "judge"] = "rollouts"
+    judge: EngineConfig | None = None  # method judge: the judge model
+    judge_template: str | None = None  # a file with {problem}, {reference}, {solution}; default: Step-DPO's
+    judge_max_tokens: int = Field(1024, ge=16)
     rollouts: int = Field(8, ge=1, le=256)  # M per prefix
     threshold: float = Field(0.0, ge=0, lt=1)  # p_k <= threshold: the prefix no longer leads to the answer
     search: Literal["binary", "linear"] = "binary"
     sampling: SamplingConfig | None = None  # default: the solutions' sampling
     max_errors_per_problem: int = Field(2, ge=1)  # distinct wrong solutions searched per problem
+
+    @model_validator(mode="after")
+    def _judge(self):
+        if self.method == "judge" and self.judge is None:
+            raise ValueError("method judge needs locate.judge (the judge model)")
+        if self.judge_template is not None:
+            from roost.reasoning.locate_judge import load_template
+
+            load_template(self.judge_template)
+        return self
 
 
 class Rectify(Strict):
@@ -160,6 +176,7 @@ class Problem:
     id: str
     question: str
     gold: Gold
+    reference: str  # the dataset's own solution (what a judge compares against)
 
 
 class ProblemRows:
@@ -207,7 +224,8 @@ class ProblemRows:
                     reason = "no_gold_answer" if row.get(self.answer) in (None, "") else "unparsable_gold_answer"
                     yield None, Reject("problems", reason, row, id=pid, detail=why)
                     continue
-                yield Problem(pid, question.strip(), gold), None
+                reference = str(row.get(self.answer)).split("####")[0].strip() or gold.text
+                yield Problem(pid, question.strip(), gold, reference), None
 
 
 # -- the synthesizer -----------------------------------------------------------------------------
@@ -257,7 +275,9 @@ class StepDpo(Synthesizer):
         stats = Counter(problems=len(problems))
         solutions = self._solve(problems, shard, stats)
         searches = self._searches(solutions, rejects, stats)
-        if searches:
+        if searches and self.config.locate.method == "judge":
+            self._judge_locate(searches, shard, rejects, stats)
+        elif searches:
             self._locate(searches, shard, stats)
             self._rectify([s for s in searches if s.search.first_wrong], shard, rejects, stats)
         rows = [pair for s in solutions for pair in s.pairs]
@@ -342,6 +362,35 @@ class StepDpo(Synthesizer):
             stats["located"] += k is not None
             if k is not None:
                 s.prm_labels = [i < k for i in range(1, len(s.steps) + 1)]
+
+    def _judge_locate(self, searched: list[Solution], shard: Shard, rejects: list[Reject], stats: Counter) -> None:
+        """Step-DPO's way: a judge model names the first wrong step (greedy, one request)."""
+        from roost.engines import get_engine
+        from roost.engines.base import Sampling
+        from roost.reasoning.locate_judge import load_template, question, read_decision
+
+        cfg = self.config.locate
+        judge = get_engine(cfg.judge)
+        template = load_template(cfg.judge_template)
+        prompts = [render_chat(judge.tokenizer, [{"role": "user", "content": question(
+            template, s.problem.question, s.problem.reference, self.config.format.opener + s.text)}],
+            add_generation_prompt=True) for s in searched]
+        gens = judge.generate(prompts, Sampling(max_tokens=cfg.judge_max_tokens, temperature=0.0),
+                              seed=derive_seed(shard.seed, "judge"), progress=f"{shard.label} judge")
+        stats["rollout_requests"] += 1
+        for s, gen in zip(searched, gens):
+            k, why = read_decision(gen.completions[0].text, len(s.steps))
+            if k is None:
+                rejects.append(Reject("locate", "judge_unreadable", {"problem": s.problem.question, "solution": s.text,
+                                                                     "judge": gen.completions[0].text},
+                                      id=s.problem.id, detail=why))
+                s.search = Search(len(s.steps), s.search.p0, cfg.threshold, "judge")
+                s.search.lo = s.search.hi  # nothing located
+                continue
+            s.search = Search(len(s.steps), s.search.p0, cfg.threshold, "judge")
+            s.search.lo, s.search.hi = k - 1, k
+            stats["located"] += 1
+            s.prm_labels = None  # a judge's verdict is not a rollout estimate: no process labels
 
     def _rectify(self, located: list[Solution], shard: Shard, rejects: list[Reject], stats: Counter) -> None:
         cfg = self.config.rectify
