@@ -157,6 +157,18 @@ def test_output_of_another_recipe_is_refused(tmp_path, tiny_chatml_path):
     assert "different recipe" in result.output
 
 
+def _step_dpo_recipe(tmp_path, model_path) -> Path:
+    """Step-DPO over 60 shipped problems, 6 shards of 10."""
+    data = {"name": "test-step-dpo", "model": {"model": str(model_path), "max_model_len": 1024, "seed": 0},
+            "output": {"num_rows": 60, "shard_size": 10},
+            "synthesizer": {"kind": "step_dpo", "problems": {"path": str(REPO / "data" / "arithmetic_problems.jsonl")},
+                            "samples": 3, "sampling": {"max_tokens": 160}, "locate": {"rollouts": 4},
+                            "rectify": {"samples": 4}}}
+    path = tmp_path / "step-dpo.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def _pairs_recipe(tmp_path, model_path, reward_path) -> Path:
     """Reward-ranked pairs over 60 seed prompts, 6 shards of 10."""
     from roost.schemas import MESSAGES
@@ -176,12 +188,15 @@ def _pairs_recipe(tmp_path, model_path, reward_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["magpie", "reward_pairs"])
-def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chatml_path, tiny_rm_chatml_path, kind):
+@pytest.mark.parametrize("kind", ["magpie", "reward_pairs", "step_dpo"])
+def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chatml_path, tiny_rm_chatml_path, kind,
+                                                             request):
     if kind == "magpie":
         recipe = _recipe(tmp_path, tiny_chatml_path, num_rows=60, shard_size=10)
-    else:
+    elif kind == "reward_pairs":
         recipe = _pairs_recipe(tmp_path, tiny_chatml_path, tiny_rm_chatml_path)
+    else:
+        recipe = _step_dpo_recipe(tmp_path, request.getfixturevalue("tiny_math_path"))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "roost.cli", "build", str(recipe), "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -214,6 +229,11 @@ def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chat
     if kind == "reward_pairs":  # one pair or one reject per prompt: no prompt lost or doubled
         rejects = [r for f in (out / "rejects").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
         assert len(ids) + len(rejects) == 60 and manifest["rejects"] == len(rejects)
+    if kind == "step_dpo":  # every shard's subsets are whole too, and each solution has one PRM row at most
+        for sub in ("prm", "step_dpo"):
+            assert len(list((out / sub).glob("*.parquet"))) == 6
+        prm = [r for f in (out / "prm").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+        assert prm and sum(s["solutions"] for s in manifest["shards"].values()) >= len(prm)
 
 
 def test_invalid_rows_go_to_rejects_on_write(tmp_path):

@@ -5,6 +5,7 @@ steps all happen), with TRL reading both outputs."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -100,3 +101,100 @@ def test_judge_decisions_are_read_or_refused_with_a_reason():
     assert read_decision("Step 2: incorrect, I think", 3)[0] is None
     assert read_decision("Final Decision: all good", 3)[0] is None
     assert read_decision("Final Decision: Step 9: incorrect", 3)[0] is None
+
+
+# -- end to end on the tiny math model ---------------------------------------------------------
+
+
+def step_dpo_recipe(model: Path, data: Path, **synth) -> dict:
+    return {
+        "name": "step-dpo-test",
+        "model": {"model": str(model), "max_model_len": 1024, "seed": 0},
+        "output": {"shard_size": 12},
+        "synthesizer": {"kind": "step_dpo", "problems": {"path": str(data), "dataset": "arith"},
+                        "samples": 4, "sampling": {"temperature": 0.8, "top_p": 0.95, "max_tokens": 192},
+                        "locate": {"rollouts": 6}, "rectify": {"samples": 6}, **synth},
+    }
+
+
+def test_step_dpo_end_to_end(tmp_path, tiny_math_path):
+    lines = (REPO / "data" / "arithmetic_problems.jsonl").read_text().splitlines()[:36]
+    rows = [json.loads(line) for line in lines]
+    rows[5]["answer"] = "I don't know"  # no '#### N': a reject, not a crash
+    rows[9]["answer"] = "#### \\frac{"  # unparsable gold
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(step_dpo_recipe(tiny_math_path, problems)))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["build", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    read = lambda sub: [r for f in sorted((out / sub).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]  # noqa: E731
+    data, rejects, prm, sd = read("data"), read("rejects"), read("prm"), read("step_dpo")
+    reasons = Counter(r["reason"] for r in rejects)
+    assert reasons["no_gold_answer"] + reasons["unparsable_gold_answer"] == 2, reasons
+    stats = list(manifest["shards"].values())
+    assert sum(s["correct"] for s in stats) > 0 and sum(s["solutions"] for s in stats) > sum(s["correct"] for s in stats)
+    assert sum(s.get("located", 0) for s in stats) > 0, stats
+    # the real path happened: wrong solutions were located and rectified into pairs
+    assert data, (reasons, stats)
+    for row in data:
+        assert row["method"] == "step_dpo" and row["dataset"] == "arith"
+        k = row["first_wrong_step"]
+        assert 1 <= k <= row["num_steps"]
+        assert row["prompt"].endswith(row["initial_reason_steps"]) and row["initial_reason_steps"].endswith(f"Step {k}:")
+        assert row["initial_reason_steps"].startswith("Let's think step by step.\n")
+        assert row["chosen"].strip() != row["rejected"].strip() and "Step " not in row["chosen"]
+        assert row["full_chosen"].startswith(row["chosen"]) and row["full_rejected"].startswith(row["rejected"])
+        assert "\\boxed" in row["full_chosen"] and row["chosen_answer"] is not None
+        gold = read_gold(row["answer"], "plain")[0]
+        assert grade(gold, row["full_chosen"]).correct and not grade(gold, row["solution"]).correct
+        # the evidence: p before k above the threshold (0), p at k at or below it
+        p = {e["k"]: e["p"] for e in row["estimates"]}
+        assert all(e["rollouts"] == 6 for e in row["estimates"])
+        assert row["solve_rate"] > 0 and all(v > 0 for kk, v in p.items() if kk < k)
+        assert all(v == 0 for kk, v in p.items() if kk >= k)
+    # step_dpo/: exactly Step-DPO's columns, its prompt the bare problem
+    assert pq.read_schema(sorted((out / "step_dpo").glob("*.parquet"))[0]).names == [
+        "dataset", "prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen", "full_rejected", "answer"]
+    assert [r["prompt"] for r in sd] == [r["problem"] for r in data]
+    # prm/: TRL's step-wise supervision format; labels true before the first wrong step
+    assert prm and all(len(r["completions"]) == len(r["labels"]) for r in prm)
+    assert any(all(r["labels"]) for r in prm) and any(not all(r["labels"]) for r in prm)
+    for r in prm:
+        assert r["completions"][0].startswith("Step 1:") and r["labels"] == sorted(r["labels"], reverse=True)
+
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    steps = datasets.load_dataset("parquet", data_dir=str(out / "prm"), split="train")
+    assert steps.column_names == ["prompt", "completions", "labels"] and len(steps) == len(prm)
+    ds = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=2, report_to=[],
+                     save_strategy="no", use_cpu=True, max_length=512)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_math_path), args=args, train_dataset=ds,
+                         processing_class=AutoTokenizer.from_pretrained(tiny_math_path))
+    assert trainer.train().training_loss > 0
+
+
+def test_step_dpo_bad_input_is_one_line_exit_2(tmp_path, tiny_math_path):
+    def run(data, **synth):
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump(step_dpo_recipe(tiny_math_path, data, **synth)))
+        result = CliRunner().invoke(app, ["build", str(path), "--out", str(tmp_path / "o")])
+        lines = [line for line in result.output.strip().splitlines() if line.strip()]
+        return result.exit_code, " ".join(lines), len(lines)
+
+    no_answer = tmp_path / "q.parquet"
+    pq.write_table(pa.Table.from_pylist([{"question": "What is 2 + 2?"}]), no_answer)
+    code, text, n = run(no_answer)
+    assert code == 2 and n == 1 and "no 'answer' column" in text, text
+    good = REPO / "data" / "arithmetic_problems.jsonl"
+    for synth, needle in [({"locate": {"rollouts": 0}}, "synthesizer.locate.rollouts"),
+                          ({"format": {"header": "Step:"}}, "synthesizer.format.header"),
+                          ({"locate": {"method": "judge"}}, "locate.judge"),
+                          ({"problems": {"path": str(good), "convention": "latex"}}, "synthesizer.problems.convention")]:
+        code, text, n = run(good, **synth)
+        assert code == 2 and n == 1 and needle in text, (needle, text)

@@ -63,11 +63,12 @@ def _timeouts() -> dict:
 
 
 def parse_answer(text: str) -> list | None:
-    """math-verify's parse of one answer expression (wrapped as LaTeX math); None if empty."""
+    """math-verify's parse of one answer expression (wrapped as LaTeX math); None if it finds
+    no expression in it (it then returns only the raw string)."""
     from math_verify import parse
 
     parsed = parse(f"${text}$", **_timeouts())
-    return parsed or None
+    return parsed if len(parsed) >= 2 else None
 
 
 @dataclass(frozen=True)
