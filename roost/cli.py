@@ -240,9 +240,18 @@ def inspect(path: Path = typer.Argument(..., help="output directory or a Parquet
 @app.command("tiny-model")
 def tiny_model(
     out: Path = typer.Argument(..., help="directory to write the model to"),
-    style: str = typer.Option("chatml", help="chat template style: chatml or llama3"),
+    style: str = typer.Option("chatml", help="chat template style: chatml or llama3 (kind chat)"),
+    kind: str = typer.Option("chat", help="chat (its text is noise) or math (solves some of the shipped problems)"),
 ) -> None:
-    """Build the offline tiny model (random-ish weights: its text is noise)."""
+    """Build an offline tiny model: `chat` learns the chat format only; `math` is trained on
+    worked solutions of the shipped arithmetic problems (a few CPU minutes)."""
+    if kind == "math":
+        from roost.tiny_math_model import build_tiny_math_model
+
+        console.print(f"tiny math model at {build_tiny_math_model(out)}")
+        return
+    if kind != "chat":
+        _fail("--kind: chat or math")
     from roost.tiny_model import TinyModelSpec, build_tiny_model
 
     path = build_tiny_model(out, TinyModelSpec(style=style))
@@ -256,7 +265,7 @@ def demo(
     verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
 ) -> None:
     """Offline end-to-end demo on tiny models built here: Magpie SFT rows, curated; then
-    reward-ranked preference pairs from their prompts, curated; SPIN and SPPO pairs."""
+    reward-ranked preference pairs from their prompts, curated; SPIN, SPPO and Step-DPO pairs."""
     from roost.tiny_model import TinyModelSpec, build_tiny_model, build_tiny_reward_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -304,8 +313,19 @@ def demo(
         num_rows=None, shard_size=None, seed=None, set_=[f"synthesizer.prompts.path={out / 'magpie'}"],
         verbose=verbose,
     )
+    console.print("[yellow]Step-DPO pairs: a tiny model trained on the shipped arithmetic problems (a few CPU "
+                  "minutes, once) solves them, sometimes wrongly; rollouts find each wrong solution's first wrong "
+                  "step, sampling from the prefix before it rectifies it.[/]")
+    from roost.tiny_math_model import build_tiny_math_model
+
+    math_path = build_tiny_math_model(REPO / ".cache" / "models" / "tiny-math")
+    build(
+        recipe=REPO / "recipes" / "step-dpo.yaml", model=str(math_path), revision=None, out=out / "step-dpo",
+        num_rows=None, shard_size=None, seed=None,
+        set_=[f"synthesizer.problems.path={REPO / 'data' / 'arithmetic_problems.jsonl'}"], verbose=verbose,
+    )
     Console().print(f"\nSFT rows: {out / 'curated'}   reward-ranked pairs: {out / 'pairs-curated'}   SPIN: {out / 'spin'}"
-                    f"   SPPO: {out / 'sppo'} (SPPO's own columns: {out / 'sppo' / 'sppo'})\n"
+                    f"   SPPO: {out / 'sppo'} (SPPO's own columns: {out / 'sppo' / 'sppo'})   Step-DPO: {out / 'step-dpo'}\n"
                     f"look inside: roost inspect {out / 'sppo'}   the SPIN loop: roost iterate recipes/spin-demo.yaml"
                     + (f"\nlibrary logs: {log}" if log else ""), soft_wrap=True)
 

@@ -115,3 +115,12 @@ def llama3_hf_scoring_engine(tiny_llama3_path):
 
     return get_scoring_engine(EngineConfig(model=str(tiny_llama3_path), dtype="float32", max_model_len=1024, seed=0),
                               backend="transformers")
+
+
+@pytest.fixture(scope="session")
+def tiny_math_path() -> Path:
+    """A Qwen2 chat model trained ~2.5 CPU minutes on worked arithmetic solutions: it solves
+    some shipped problems and gets others wrong (roost.tiny_math_model)."""
+    from roost.tiny_math_model import TinyMathSpec, build_tiny_math_model
+
+    return build_tiny_math_model(MODEL_CACHE / "tiny-math", TinyMathSpec())
