@@ -16,6 +16,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_reward.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_pairs.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_sppo.py
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_step_dpo.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_embed.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_dedup.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_curate_memory.py
