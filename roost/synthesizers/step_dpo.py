@@ -280,7 +280,13 @@ class StepDpo(Synthesizer):
         elif searches:
             self._locate(searches, shard, stats)
             self._rectify([s for s in searches if s.search.first_wrong], shard, rejects, stats)
-        rows = [pair for s in solutions for pair in s.pairs]
+        rows, seen = [], set()
+        for pair in (pair for s in solutions for pair in s.pairs):
+            if pair["id"] in seen:  # two wrong solutions sharing the wrong step k and the fix: one pair
+                stats["duplicate_pairs"] += 1
+            else:
+                seen.add(pair["id"])
+                rows.append(pair)
         prm = [self._prm_row(s) for s in solutions if s.prm_labels is not None]
         step_dpo = [{c: row[c] if c != "prompt" else row["problem"] for c in STEP_DPO_COLUMNS} for row in rows]
         stats.update(pairs=len(rows), prm_rows=len(prm))
