@@ -122,6 +122,18 @@ class Synthesizer:
     def shard(self, index: int, count: int, **kw) -> Shard:
         return Shard(index, count, derive_seed(self.recipe.model.seed, "shard", index), **kw)
 
+    def _policy(self):
+        """The policy's engine: loaded on first use, once per process, shared by every shard."""
+        from roost.engines import get_engine
+
+        return get_engine(self.recipe.model)
+
+    def _revision(self) -> str | None:
+        """The policy's resolved revision, as every row records it."""
+        if not hasattr(self, "_policy_rev"):
+            self._policy_rev = self._policy().describe().get("revision")
+        return self._policy_rev
+
     def generate(self, shard: Shard) -> ShardOutput:  # pragma: no cover - interface
         raise NotImplementedError
 

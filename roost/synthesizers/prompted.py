@@ -80,11 +80,6 @@ class PromptedSynthesizer(Synthesizer):
             out.append((pid, prompt))
         return out, rejects, stats
 
-    def _policy(self):
-        from roost.engines import get_engine
-
-        return get_engine(self.recipe.model)
-
     def _magpie_prompts(self):
         if self._magpie is None:
             from roost.synthesizers.magpie import Magpie

@@ -181,7 +181,7 @@ class RewardPairs(PromptedSynthesizer):
 
     def _revisions(self) -> dict[str, str | None]:
         if not hasattr(self, "_rev"):
-            self._rev = {"model": self._policy().describe().get("revision"),
+            self._rev = {"model": self._revision(),
                          "reward_model": self._reward().describe().get("revision")}
         return self._rev
 

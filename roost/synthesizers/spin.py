@@ -144,16 +144,6 @@ class Spin(Synthesizer):
             "sampling": {**self.config.sampling.model_dump(), "n": 1, "seed": shard.seed},
         }
 
-    def _policy(self):
-        from roost.engines import get_engine
-
-        return get_engine(self.recipe.model)
-
-    def _revision(self) -> str | None:
-        if not hasattr(self, "_rev"):
-            self._rev = self._policy().describe().get("revision")
-        return self._rev
-
     def provenance(self) -> dict[str, Any]:
         return {"sampling": {**self.config.sampling.model_dump(), "n": 1}, "turn": self.config.turn,
                 "input": self.config.input.path, "keep_truncated": self.config.keep_truncated}

@@ -343,7 +343,7 @@ class Sppo(PromptedSynthesizer):
         if not hasattr(self, "_rev"):
             described = self._preference_describe()
             model = described.get("reward_model", described)
-            self._rev = {"model": self._policy().describe().get("revision"),
+            self._rev = {"model": self._revision(),
                          "preference_model": model.get("model"), "preference": model.get("revision")}
         return self._rev
 

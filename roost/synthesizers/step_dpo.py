@@ -470,16 +470,6 @@ class StepDpo(Synthesizer):
 
     # -- models, provenance ---------------------------------------------------------------------
 
-    def _policy(self):
-        from roost.engines import get_engine
-
-        return get_engine(self.recipe.model)
-
-    def _revision(self) -> str | None:
-        if not hasattr(self, "_rev"):
-            self._rev = self._policy().describe().get("revision")
-        return self._rev
-
     def provenance(self) -> dict[str, Any]:
         cfg = self.config
         return {"sampling": {**cfg.sampling.model_dump(), "n": cfg.samples}, "format": cfg.format.model_dump(),
