@@ -17,17 +17,9 @@ from typer.testing import CliRunner
 from roost.cli import app
 from roost.schemas import MESSAGES
 from roost.synthesizers.sppo import SPPO_ROWS, SPPO_SUBSET, bradley_terry, choose, complete
+from test_reward_pairs import PROMPTS as ALL_PROMPTS
 
-PROMPTS = [
-    "Explain what a Python list comprehension is.",
-    "How do I read a file line by line in Python?",
-    "What does the zip function do?",
-    "Write a function that reverses a string.",
-    "What is the difference between a tuple and a list?",
-    "How do I sort a dictionary by value?",
-    "Explain what a decorator does.",
-    "How can I remove duplicates from a list?",
-]
+PROMPTS = ALL_PROMPTS[:8]
 SPPO_COLUMNS = ["chosen", "rejected", "chosen_probs", "chosen_probs_win", "chosen_probs_lose"]
 
 

@@ -198,3 +198,31 @@ def test_step_dpo_bad_input_is_one_line_exit_2(tmp_path, tiny_math_path):
                           ({"problems": {"path": str(good), "convention": "latex"}}, "synthesizer.problems.convention")]:
         code, text, n = run(good, **synth)
         assert code == 2 and n == 1 and needle in text, (needle, text)
+
+
+def test_unreadable_judge_locates_nothing(tmp_path, tiny_math_path):
+    # the tiny math model as the judge: it never writes a "Final Decision", so every searched
+    # solution is a judge_unreadable reject, and nothing is rectified from a guessed step
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(line + "\n" for line in (REPO / "data" / "arithmetic_problems.jsonl").read_text()
+                                .splitlines()[:12]))
+    judge = {"model": str(tiny_math_path), "max_model_len": 1024, "seed": 0}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(step_dpo_recipe(tiny_math_path, problems,
+                                                   locate={"method": "judge", "judge": judge, "judge_max_tokens": 32})))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["build", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"] == 0 and manifest["rejects_by_reason"].get("judge_unreadable", 0) > 0, manifest
+    assert not any(r in manifest["rejects_by_reason"] for r in ("not_rectified", "no_new_step"))
+
+
+def test_malformed_jsonl_is_one_line_exit_2(tmp_path, tiny_math_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "What is 2 + 2?", "answer": "#### 4"}\n{"question": oops}\n')
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(step_dpo_recipe(tiny_math_path, bad)))
+    result = CliRunner().invoke(app, ["build", str(path), "--out", str(tmp_path / "o")])
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "not valid JSON Lines" in lines[0], lines

@@ -279,7 +279,7 @@ class StepDpo(Synthesizer):
             self._judge_locate(searches, shard, rejects, stats)
         elif searches:
             self._locate(searches, shard, stats)
-            self._rectify([s for s in searches if s.search.first_wrong], shard, rejects, stats)
+            self._rectify([s for s in searches if s.search and s.search.first_wrong], shard, rejects, stats)
         rows, seen = [], set()
         for pair in (pair for s in solutions for pair in s.pairs):
             if pair["id"] in seen:  # two wrong solutions sharing the wrong step k and the fix: one pair
@@ -390,13 +390,10 @@ class StepDpo(Synthesizer):
                 rejects.append(Reject("locate", "judge_unreadable", {"problem": s.problem.question, "solution": s.text,
                                                                      "judge": gen.completions[0].text},
                                       id=s.problem.id, detail=why))
-                s.search = Search(len(s.steps), s.search.p0, cfg.threshold, "judge")
-                s.search.lo = s.search.hi  # nothing located
+                s.search = None  # nothing located, nothing to rectify
                 continue
-            s.search = Search(len(s.steps), s.search.p0, cfg.threshold, "judge")
-            s.search.lo, s.search.hi = k - 1, k
+            s.search.mode, s.search.lo, s.search.hi = "judge", k - 1, k
             stats["located"] += 1
-            s.prm_labels = None  # a judge's verdict is not a rollout estimate: no process labels
 
     def _rectify(self, located: list[Solution], shard: Shard, rejects: list[Reject], stats: Counter) -> None:
         cfg = self.config.rectify
