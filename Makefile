@@ -20,6 +20,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_embed.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_dedup.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_curate_memory.py
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_report.py
 
 clean:
 	rm -rf out .cache

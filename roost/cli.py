@@ -126,6 +126,49 @@ def iterate(
     out_console.print(f"final model: {manifest['final_model']}  manifest: {out_dir / 'iterations.json'}", soft_wrap=True)
 
 
+@app.command()
+def serve(
+    recipe: Path = typer.Argument(..., help="build recipe YAML"),
+    cron: str = typer.Option(..., help="when to run, e.g. '0 3 * * *' (03:00 every day)"),
+    timezone: str = typer.Option("UTC", help="time zone of the cron schedule"),
+    out: Optional[Path] = typer.Option(None, help="base directory: each run writes OUT/runs/<time>-<id>, "
+                                                  "OUT/latest points at the last good run (default out/<recipe name>-scheduled)"),
+    curate: Optional[Path] = typer.Option(None, help="curation recipe run on each build's output"),
+    publish: Optional[str] = typer.Option(None, help="publish each run's final output to this Hub dataset ORG/NAME"),
+    private: bool = typer.Option(False, "--private", help="with --publish: create the Hub repo private"),
+    name: Optional[str] = typer.Option(None, help="deployment name (default: the recipe's name)"),
+    model: Optional[str] = typer.Option(None, help="policy model: hub id or local path (overrides the recipe)"),
+    seed_per_run: bool = typer.Option(False, "--seed-per-run", help="seed each run with its scheduled date "
+                                                                     "(YYYYMMDD) instead of the recipe's seed"),
+    set_: list[str] = typer.Option([], "--set", help="any recipe field, e.g. --set output.num_rows=1000 (repeatable)"),
+    verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
+) -> None:
+    """Run a build (then curate and publish) on a cron schedule, from a Prefect deployment served here."""
+    from roost import serve as serving
+    from roost.recipe import load_curate_recipe
+
+    with user_errors():
+        rec = load_recipe(recipe, {"model.model": model, **_parse_sets(set_)})
+        schedule = serving.cron_schedule(cron, timezone)
+        cur = load_curate_recipe(curate) if curate is not None else None
+        target = None
+        if publish is not None:
+            from roost.publish import check_repo_id, hub_token
+
+            target = {"repo": check_repo_id(publish), "private": private}
+            hub_token()  # fail now, not at 3 a.m.: the token stays in the environment, never in parameters
+        base = _out_dir(out or Path("out") / f"{rec.name}-scheduled")
+        logs.setup(base, verbose)
+        params = serving.parameters(rec, base, cur, target, seed_per_run)
+        deployment = f"roost-scheduled/{name or rec.name}"
+        with serving.prefect_server(base / "logs") as api:
+            Console().print(f"serving {deployment} on cron '{cron}' ({timezone}) through {api}\n"
+                            f"each run writes {base / 'runs'}/<time>-<id>; last good run: {base / 'latest'}; "
+                            f"history: {base / 'runs.json'}\nCtrl-C stops serving and pauses the schedule",
+                            soft_wrap=True)
+            serving.serve(name or rec.name, schedule, params)
+
+
 def _parse_sets(items: list[str]) -> dict:
     from roost.errors import ConfigError
 
@@ -224,6 +267,82 @@ def _print_curate_summary(manifest: dict, out_dir: Path) -> None:
     out.print(table)
     out.print(f"input rows: {manifest['input_rows']}  output rows: {manifest['rows']}  rejects: {manifest['rejects']}")
     out.print(f"data: {out_dir / 'data'}  rejects: {out_dir / 'rejects'}  manifest: {out_dir / 'manifest.json'}")
+
+
+@app.command("publish")
+def publish_cmd(
+    out: Path = typer.Argument(..., help="a directory roost build, curate or iterate wrote"),
+    repo: str = typer.Option(..., help="Hub dataset repo, ORG/NAME"),
+    private: bool = typer.Option(False, "--private", help="create the repo private (an existing repo keeps its visibility)"),
+    revision: Optional[str] = typer.Option(None, help="branch to commit to, created if missing (default main)"),
+    dry_run: Optional[Path] = typer.Option(None, "--dry-run", metavar="DIR",
+                                           help="write the folder that would be uploaded to DIR and stop (no token, no network)"),
+    license: Optional[str] = typer.Option(None, help="license id for the card, e.g. apache-2.0 (default: other)"),
+    endpoint: Optional[str] = typer.Option(None, help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co)"),
+    verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
+) -> None:
+    """Publish an output to the Hugging Face Hub as a dataset repo, in one commit (shards, card, manifest, recipe)."""
+    from roost.publish import check_license, check_repo_id, check_revision, publish, read_source
+
+    with user_errors():
+        check_repo_id(repo)
+        check_revision(revision)
+        check_license(license)
+        source = read_source(out)  # a directory roost did not write: one line, before anything is written
+        _publish_logs(out, verbose)
+        result = publish(source, repo, private=private, revision=revision, dry_run=dry_run, license=license,
+                         endpoint=endpoint, say=lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
+    _print_publish_summary(result)
+
+
+def _publish_logs(out: Path, verbose: bool) -> None:
+    import logging
+    import tempfile
+
+    try:
+        logs.setup(out, verbose)  # OUT/logs/roost.log, beside the build's own logs; the data is not touched
+    except OSError:  # a read-only OUT
+        logs.setup(Path(tempfile.mkdtemp(prefix="roost-publish-logs-")), verbose)
+    if not verbose:  # huggingface_hub's own console handler ("No files have been modified ...") -> the file only
+        import huggingface_hub.utils.logging  # noqa: F401  (adds that handler when first imported)
+
+        hub = logging.getLogger("huggingface_hub")
+        for h in [h for h in hub.handlers if type(h) is logging.StreamHandler]:
+            hub.removeHandler(h)
+
+
+def _print_publish_summary(result: dict) -> None:
+    out = Console()
+    out.print(f"roost publish: {result['repo']}@{result['revision']}", highlight=False)
+    table = Table(show_header=True)
+    table.add_column("config")
+    table.add_column("rows", justify="right")
+    for name, rows in result["configs"].items():
+        table.add_row(name, str(rows))
+    out.print(table)
+    if result.get("dry_run"):
+        out.print(f"dry run: {result['files']} files ({result['bytes'] / 1e6:.1f} MB) staged in {result['dry_run']}; "
+                  "nothing uploaded", soft_wrap=True)
+    elif result["committed"]:
+        out.print(f"published: commit {result['commit'][:12]} ({result['changed']} new or changed, {result['unchanged']} "
+                  f"unchanged, {result['deleted']} deleted)  {result['url']}", soft_wrap=True)
+    else:
+        out.print(f"nothing changed: {result['repo']}@{result['revision']} already holds these {result['files']} files "
+                  f"(commit {result['commit'][:12]}, no new commit)  {result['url']}", soft_wrap=True)
+
+
+@app.command()
+def report(
+    out: Path = typer.Argument(..., help="a directory roost build, curate or iterate wrote"),
+    html: Optional[Path] = typer.Option(None, help="where to write the page (default OUT/report/report.html)"),
+) -> None:
+    """One self-contained HTML page of plots and tables (lengths, scores, dedup, rejects, iterations, sample
+    rows); the figures also as PNGs in OUT/report/figures/ for the dataset card."""
+    from roost.report import write_report
+
+    with user_errors():
+        path = write_report(out, html)
+    Console().print(f"report: {path}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -22,7 +22,12 @@ def release_all() -> None:
     for module, attr in (("roost.engines.vllm_engine", "_ENGINES"), ("roost.engines.hf_scoring", "_SCORING_ENGINES"),
                          ("roost.scorers.reward", "_BACKENDS")):
         if module in sys.modules:
-            getattr(sys.modules[module], attr).clear()
+            cache = getattr(sys.modules[module], attr)
+            for held in cache.values():
+                close = getattr(held, "close", None)
+                if close is not None:
+                    close()
+            cache.clear()
     if "roost.build" in sys.modules:
         sys.modules["roost.build"]._synthesizer.cache_clear()
     gc.collect()

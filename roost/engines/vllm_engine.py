@@ -136,6 +136,9 @@ class VLLMEngine:
         self._llm = LLM(**kwargs)
         self._lock = threading.Lock()  # LLM is not re-entrant; shards in threads take turns
 
+    def close(self) -> None:
+        shutdown(self._llm)
+
     @property
     def tokenizer(self):
         return self._llm.get_tokenizer()
@@ -374,6 +377,13 @@ def resolve_revision(model: str, revision: str | None) -> str | None:
         return HfApi().model_info(model, revision=revision).sha
     except Exception:
         return revision
+
+
+def shutdown(llm) -> None:
+    """End an LLM's engine processes now. Python's exit would, but only in atexit, and a
+    multiprocessing child (a Prefect runner's flow run) joins its children before that: the
+    run would never end."""
+    llm.llm_engine.engine_core.shutdown()
 
 
 _ENGINES: dict[tuple, VLLMEngine] = {}

@@ -85,6 +85,11 @@ class VLLMPoolingEngine:
     def max_model_len(self) -> int:
         return int(self._llm.llm_engine.model_config.max_model_len)
 
+    def close(self) -> None:
+        from roost.engines.vllm_engine import shutdown
+
+        shutdown(self._llm)
+
     @property
     def dtype(self) -> str:
         return str(self._llm.llm_engine.model_config.dtype)

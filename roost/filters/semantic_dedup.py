@@ -45,6 +45,8 @@ of that sample (one step further when the sample holds fewer than 500 pairs, sin
 resolve a 1% miss rate). Chosen parameter, measured recall and pair count go into `settings`.
 GPU FAISS is used for flat and IVF when `faiss.get_num_gpus() > 0`. Search runs in batches of
 `batch_size` queries; memory is the index (one copy of the embeddings) plus the pairs found.
+`build_index` builds the index; `ReferenceIndex` searches one with outside queries (benchmark
+decontamination: rows against benchmark items).
 """
 from __future__ import annotations
 
@@ -86,6 +88,86 @@ def _neighbours(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int):
     return valid
 
 
+def build_index(x: np.ndarray, kind: str, *, gpu: bool = False, seed: int = 0, nlist: int | None = None,
+                hnsw_m: int = 32):
+    """A FAISS inner-product index of kind flat / ivf / hnsw holding the unit rows `x`, and the
+    settings that describe it. Semantic dedup searches it with its own rows, decontamination
+    (`ReferenceIndex`) with outside queries. (roost.selection keeps its own incremental flat
+    index: it adds rows one by one as they are selected.)"""
+    import faiss
+
+    n, d = x.shape
+    settings: dict = {}
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = int(nlist or max(1, round(4 * math.sqrt(n))))
+        nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))  # faiss wants >= 39 points/centroid
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.spherical = True
+        index.cp.niter = 10
+        index.cp.seed = seed
+        n_train = min(n, 40 * nlist)
+        index.cp.max_points_per_centroid = 40
+        rng = np.random.default_rng(seed)
+        train = x if n_train == n else x[np.sort(rng.choice(n, n_train, replace=False))]
+        settings.update(nlist=nlist, train_rows=int(n_train), kmeans_iters=10)
+        if gpu:
+            index = faiss.index_cpu_to_all_gpus(index)
+        index.train(train)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = max(40, 2 * hnsw_m)
+        settings.update(hnsw_m=hnsw_m, ef_construction=index.hnsw.efConstruction)
+    else:
+        raise ValueError(f"unknown index kind {kind!r}")
+    if gpu and kind == "flat":
+        index = faiss.index_cpu_to_all_gpus(index)
+    for s in range(0, n, 262_144):
+        index.add(x[s:s + 262_144])
+    return index, settings
+
+
+class ReferenceIndex:
+    """Nearest reference rows (e.g. benchmark items) for outside queries: `nearest(q)` ->
+    (similarity, index) of each query's best reference row (-1 / NaN when there is none).
+
+    Exact search (`build_index(kind="flat")`, GPU when one is visible): a reference set is
+    small next to the rows it is checked against (GSM8K test 1.3k items, MMLU 14k), and 1M
+    queries against 50k unit 384-d rows is ~4e13 FLOP, 3-6 minutes on 2 cores, well under the
+    time it takes to embed those queries. There is no self to exclude: queries are not in it.
+    """
+
+    def __init__(self, x: np.ndarray, *, use_gpu: bool | None = None, batch_size: int = 8192):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"reference embeddings must be 2-D, got shape {x.shape}")
+        self.n, self.d = x.shape
+        self.batch_size = batch_size
+        gpu = _use_gpu(use_gpu)
+        t0 = time.perf_counter()
+        self.index, extra = build_index(x, "flat", gpu=gpu) if self.n else (None, {})
+        self.settings = {"index": "flat", "device": "gpu" if gpu else "cpu", "rows": self.n, "dim": self.d,
+                         "similarity": "cosine (inner product of unit vectors)", **extra,
+                         "build_seconds": round(time.perf_counter() - t0, 3)}
+
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        sim = np.full(len(q), np.nan, np.float32)
+        idx = np.full(len(q), -1, np.int64)
+        if not self.n or not len(q):
+            return sim, idx
+        if q.shape[1] != self.d:
+            raise ValueError(f"queries have dimension {q.shape[1]}, the reference index {self.d}")
+        for s in range(0, len(q), self.batch_size):
+            D, I = self.index.search(q[s:s + self.batch_size], 1)
+            idx[s:s + len(D)] = I[:, 0]
+            sim[s:s + len(D)] = D[:, 0]
+        sim = np.where(idx >= 0, np.clip(sim, -1.0, 1.0), np.nan).astype(np.float32)
+        return sim, idx
+
+
 class _Searcher:
     """Builds the index, calibrates its search parameter, searches in batches."""
 
@@ -117,35 +199,8 @@ class _Searcher:
 
     # -- build -------------------------------------------------------------------------------
     def _build(self, nlist: int | None, hnsw_m: int):
-        faiss, x, n, d = self.faiss, self.x, self.n, self.d
-        if self.kind == "flat":
-            index = faiss.IndexFlatIP(d)
-        elif self.kind == "ivf":
-            nlist = int(nlist or max(1, round(4 * math.sqrt(n))))
-            nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))  # faiss wants >= 39 points/centroid
-            quantizer = faiss.IndexFlatIP(d)
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.spherical = True
-            index.cp.niter = 10
-            index.cp.seed = self.seed
-            n_train = min(n, 40 * nlist)
-            index.cp.max_points_per_centroid = 40
-            rng = np.random.default_rng(self.seed)
-            train = x if n_train == n else x[np.sort(rng.choice(n, n_train, replace=False))]
-            self.settings.update(nlist=nlist, train_rows=int(n_train), kmeans_iters=10)
-            if self.gpu:
-                index = faiss.index_cpu_to_all_gpus(index)
-            index.train(train)
-        elif self.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = max(40, 2 * hnsw_m)
-            self.settings.update(hnsw_m=hnsw_m, ef_construction=index.hnsw.efConstruction)
-        else:
-            raise ValueError(f"unknown index kind {self.kind!r}")
-        if self.gpu and self.kind == "flat":
-            index = faiss.index_cpu_to_all_gpus(index)
-        for s in range(0, n, 262_144):
-            index.add(x[s:s + 262_144])
+        index, settings = build_index(self.x, self.kind, gpu=self.gpu, seed=self.seed, nlist=nlist, hnsw_m=hnsw_m)
+        self.settings.update(settings)
         return index
 
     def _set_param(self, value: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from roost import build as work
+from roost import artifacts, build as work
 from roost.recipe import Recipe
 
 
@@ -30,4 +30,5 @@ def build_flow(recipe: Recipe, out: str) -> dict:
         build_shard(recipe, out, index)
     manifest = work.finish_manifest(recipe, out, len(shards))
     manifest["skipped_shards"] = skipped
+    artifacts.publish(manifest, out)
     return manifest

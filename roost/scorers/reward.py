@@ -151,6 +151,11 @@ def _pad_token_id(hf_config, tokenizer) -> tuple[int, bool]:
 class _Backend:
     """One loaded reward model (shared by every RewardScorer over it)."""
 
+    def close(self) -> None:
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
     def __init__(self, config: RewardModelConfig):
         from transformers import AutoTokenizer
 

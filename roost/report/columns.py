@@ -1,0 +1,138 @@
+"""Which measures a dataset's columns allow, as polars expressions over its Parquet scan.
+
+Texts are the parts of a row people read: the instruction (the first user turn of an SFT
+conversation, the last user turn of a preference prompt) and the response (the last
+assistant turn; `chosen` and `rejected` for preference rows). Their lengths are counted in
+characters. Scores are the numeric columns roost's synthesizers and stages write.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str  # also the key of the summary's stats and histograms
+    label: str  # axis label, with its unit
+    expr: pl.Expr
+    integer: bool = False  # lengths: histogram bins on whole numbers
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One histogram plot: measures sharing bin edges, drawn over each other."""
+
+    key: str
+    title: str
+    figure: str  # file stem of the figure it belongs to
+    measures: tuple[str, ...]
+    marker: str | None = None  # a threshold the panel marks: key of Summary.thresholds
+    xlabel: str | None = None  # default: the first measure's label
+
+
+def _is_messages(dtype: pl.DataType) -> bool:
+    return (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
+            and {"role", "content"} <= {f.name for f in dtype.inner.fields})
+
+
+def _turn(column: str, role: str, last: bool) -> pl.Expr:
+    contents = pl.col(column).list.eval(
+        pl.element().struct.field("content").filter(pl.element().struct.field("role") == role))
+    return contents.list.last() if last else contents.list.first()
+
+
+def _text(schema: pl.Schema, column: str, role: str, last: bool) -> pl.Expr | None:
+    dtype = schema.get(column)
+    if dtype is None:
+        return None
+    if _is_messages(dtype):
+        return _turn(column, role, last)
+    if dtype == pl.String:
+        return pl.col(column)
+    return None
+
+
+def row_kind(schema: pl.Schema) -> str:
+    return "preference" if {"prompt", "chosen", "rejected"} <= set(schema.names()) else "sft"
+
+
+def texts(schema: pl.Schema) -> dict[str, pl.Expr]:
+    """name -> the text expression, for the parts this schema has."""
+    if row_kind(schema) == "preference":
+        found = {"instruction": _text(schema, "prompt", "user", last=True),
+                 "chosen": _text(schema, "chosen", "assistant", last=True),
+                 "rejected": _text(schema, "rejected", "assistant", last=True)}
+    elif "messages" in schema:
+        found = {"instruction": _text(schema, "messages", "user", last=False),
+                 "response": _text(schema, "messages", "assistant", last=True)}
+    else:  # instruction/response string columns
+        found = {"instruction": _text(schema, "instruction", "user", last=False),
+                 "response": _text(schema, "response", "assistant", last=True)}
+    return {name: expr for name, expr in found.items() if expr is not None}
+
+
+# Score columns roost writes, in the order they are shown, with their axis labels.
+SCORES = {
+    "deita_score": "deita score (complexity x quality)",
+    "reward": "reward",
+    "chosen_reward": "reward",
+    "rejected_reward": "reward",
+    "reward_margin": "reward margin (chosen - rejected)",
+    "chosen_score": "reward-model score",
+    "rejected_score": "reward-model score",
+    "score_gap": "score gap (chosen - rejected)",
+    "chosen_probs": "P(chosen beats the other samples)",
+    "solve_rate": "solve rate of the problem",
+    "nearest_similarity": "cosine similarity to the nearest other row",
+}
+
+
+def measures(schema: pl.Schema) -> list[Measure]:
+    """Every measure this schema allows: text lengths first, then scores."""
+    out = [Measure(f"{name}_chars", f"{name} length (characters)", expr.str.len_chars(), integer=True)
+           for name, expr in texts(schema).items()]
+    for name, label in SCORES.items():
+        dtype = schema.get(name)
+        if dtype is not None and dtype.is_numeric():
+            out.append(Measure(name, label, pl.col(name).cast(pl.Float64).fill_nan(None)))
+    return out
+
+
+# Every histogram the report can draw; a panel is drawn when all its measures exist.
+PANELS = (
+    Panel("instruction_length", "Instruction length", "lengths", ("instruction_chars",)),
+    Panel("response_length", "Response length", "lengths", ("response_chars",)),
+    Panel("response_length", "Response length: chosen vs rejected", "lengths", ("chosen_chars", "rejected_chars"),
+          xlabel="response length (characters)"),
+    Panel("deita", "Deita score", "deita", ("deita_score",)),
+    Panel("reward", "Reward", "reward", ("reward",)),
+    Panel("reward", "Reward: chosen vs rejected", "reward", ("chosen_reward", "rejected_reward"),
+          xlabel="reward (curation's reward model)"),
+    Panel("reward_margin", "Reward margin", "reward", ("reward_margin",), marker="zero"),
+    Panel("pair_scores", "Score at pairing: chosen vs rejected", "score-gap", ("chosen_score", "rejected_score"),
+          xlabel="reward-model score (at pairing)"),
+    Panel("score_gap", "Score gap, with the easy/hard cut", "score-gap", ("score_gap",), marker="difficulty"),
+    Panel("sppo", "SPPO: chosen's win probability", "sppo", ("chosen_probs",)),
+    Panel("solve_rate", "Step-DPO: problem solve rate", "solve-rate", ("solve_rate",)),
+    Panel("similarity", "Semantic dedup: nearest-neighbour similarity", "dedup-similarity",
+          ("nearest_similarity", "removed_similarity"), marker="semantic_dedup"),
+)
+
+# Rows semantic dedup removed carry their similarity in the reject's detail: "cosine 0.9512 >= 0.9".
+REMOVED_SIMILARITY = "removed_similarity"
+
+
+def removed_similarity() -> pl.Expr:
+    return pl.col("detail").str.extract(r"cosine (-?[0-9.]+)", 1).cast(pl.Float64, strict=False)
+
+
+def panels(names: set[str]) -> list[Panel]:
+    """The panels whose measures are present (the dedup panel needs only the kept rows' measure)."""
+    found = []
+    for p in PANELS:
+        needed = set(p.measures) - {REMOVED_SIMILARITY}
+        if needed <= names:
+            found.append(p)
+    return found
