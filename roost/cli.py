@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -443,8 +444,18 @@ def demo(
         num_rows=None, shard_size=None, seed=None,
         set_=[f"synthesizer.problems.path={REPO / 'data' / 'arithmetic_problems.jsonl'}"], verbose=verbose,
     )
+    console.print("[yellow]A report of each output (HTML + PNG figures), and the curated pairs staged for the Hub "
+                  "as a dry run (no token, nothing uploaded).[/]")
+    from roost.report import write_report
+
+    reports = [write_report(out / name) for name in ("curated", "pairs-curated", "spin", "sppo", "step-dpo")]
+    staged = out / "hub-dry-run"
+    shutil.rmtree(staged, ignore_errors=True)  # the demo's own folder: a re-run stages it afresh
+    publish_cmd(out=out / "pairs-curated", repo="my-org/roost-demo-pairs", private=False, revision=None,
+                dry_run=staged, license=None, endpoint=None, verbose=verbose)
     Console().print(f"\nSFT rows: {out / 'curated'}   reward-ranked pairs: {out / 'pairs-curated'}   SPIN: {out / 'spin'}"
                     f"   SPPO: {out / 'sppo'} (SPPO's own columns: {out / 'sppo' / 'sppo'})   Step-DPO: {out / 'step-dpo'}\n"
+                    f"reports: {reports[1]} (and beside each output)   Hub dry run: {staged}\n"
                     f"look inside: roost inspect {out / 'sppo'}   the SPIN loop: roost iterate recipes/spin-demo.yaml"
                     + (f"\nlibrary logs: {log}" if log else ""), soft_wrap=True)
 
