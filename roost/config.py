@@ -7,8 +7,10 @@ marked `throughput()` (batch sizes, memory) never count.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,10 +71,40 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def fingerprint(config: BaseModel, *, ignore: tuple[str, ...] = ("name",)) -> str:
-    """sha256 of the canonical form; a recipe's `name` is a label, not a setting."""
+def fingerprint(config: BaseModel, *, ignore: tuple[str, ...] = ("name",), contents: dict[str, str] | None = None) -> str:
+    """sha256 of the canonical form; a recipe's `name` is a label, not a setting. `contents`:
+    digests of files the recipe names whose bytes change the data (benchmark sets, templates),
+    so editing such a file in place is a new recipe, not a finished one."""
     data = {k: v for k, v in canonical(config).items() if k not in ignore}
+    if contents:
+        data["_contents"] = contents
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str | None:
+    """sha256 of a file, or of every file under a directory or glob (names and bytes); None
+    when nothing is there (the stage that reads it says so)."""
+    import glob
+
+    p = Path(path)
+    found = [p] if p.is_file() else (p.rglob("*") if p.is_dir() else map(Path, glob.glob(str(path))))
+    files = sorted(f for f in found if f.is_file())
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.name}\0{_sha256(str(f.resolve()), stat.st_size, stat.st_mtime_ns)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file misses the cache
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class DatasetInput(Strict):

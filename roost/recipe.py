@@ -108,7 +108,10 @@ class CurateRecipe(Strict):
     shard_size: int = Field(100_000, ge=1)
 
     def fingerprint(self) -> str:
-        return fingerprint(self)
+        contents = {}
+        for i, stage in enumerate(self.stages):  # files a stage reads (benchmark sets, templates)
+            contents.update({f"stages[{i}].{k}": v for k, v in getattr(stage, "contents", lambda: {})().items()})
+        return fingerprint(self, contents=contents)
 
 
 def _stage_list(raw: list[dict]) -> list:

@@ -353,3 +353,19 @@ def test_reference_index_is_exact_nearest_neighbour():
     assert index.settings["index"] == "flat" and index.settings["rows"] == 300
     sim, idx = ReferenceIndex(np.zeros((0, 32), np.float32)).nearest(q[:3])
     assert idx.tolist() == [-1, -1, -1] and np.isnan(sim).all()
+
+
+def test_editing_a_benchmark_file_in_place_is_a_new_recipe(tmp_path):
+    """The fingerprint covers the benchmark's bytes, not only its path: an output curated
+    against the old file is never taken as finished for the new one."""
+    from roost.recipe import CurateRecipe, validate
+
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text((REPO / "data" / "benchmark_word_problems.jsonl").read_text())
+    raw = {"input": {"path": "x"}, "stages": [{"kind": "decontaminate",
+                                               "benchmarks": [{"name": "b", "path": str(bench), "text_column": "question"}]}]}
+    before = validate(CurateRecipe, raw, "t").fingerprint()
+    assert validate(CurateRecipe, raw, "t").fingerprint() == before  # stable
+    with bench.open("a") as f:
+        f.write('{"id": "new", "question": "A train leaves at noon and travels 60 miles an hour for three hours."}\n')
+    assert validate(CurateRecipe, raw, "t").fingerprint() != before

@@ -83,6 +83,14 @@ class DecontaminateConfig(StageConfig):
     embedding: EmbeddingCheck = EmbeddingCheck()
     batch_size: int = throughput(1024, ge=1)  # rows per batch (n-gram lookup and embedding)
 
+    def contents(self) -> dict[str, str]:
+        """Digests of the local benchmark files: editing one makes this a new recipe."""
+        from roost.config import file_digest
+
+        digests = {f"benchmarks[{i}]": file_digest(b.path) for i, b in enumerate(self.benchmarks)
+                   if not b.path.startswith("hf://")}
+        return {k: v for k, v in digests.items() if v is not None}
+
     @model_validator(mode="after")
     def _check(self):
         names = [b.name for b in self.benchmarks]
