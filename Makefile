@@ -20,7 +20,9 @@ bench: setup
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_embed.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_dedup.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_curate_memory.py
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_curate_resume.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_report.py
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_server.py
 
 clean:
 	rm -rf out .cache

@@ -61,6 +61,10 @@ def preflight(recipe: Recipe, out: str | Path) -> list[Shard]:
     from roost.engines import ensure_available
 
     ensure_available(recipe.model.model, recipe.model.revision)
+    if recipe.model.server is not None:  # reachable, vLLM, serving this model: checked before any shard
+        from roost.engines import get_engine
+
+        get_engine(recipe.model)
     synth = synthesizer_for(recipe)
     synth.check()
     shards = synth.plan()

@@ -7,7 +7,7 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 import yaml
@@ -66,24 +66,45 @@ def build(
     seed: Optional[int] = typer.Option(None, help="seed (overrides the recipe)"),
     set_: list[str] = typer.Option([], "--set", help="any recipe field, e.g. --set synthesizer.k=8 (repeatable)"),
     verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
+    server: Annotated[Optional[str], typer.Option(
+        help="URL of a running vLLM server (vllm serve) serving the policy model, e.g. http://host:8000/v1; "
+             "API key from $VLLM_API_KEY (overrides the recipe's model.server)")] = None,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", metavar="ADDRESS", help="run the shards on a Ray cluster, one engine per Ray worker: auto (the "
+        "cluster `ray start` made here) or HOST:PORT; needs roost[ray] and an --out every node shares")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option(
+        "--ray-workers", min=1, help="Ray workers (default: as many as the cluster fits, one GPU each "
+        "or tensor_parallel_size GPUs)")] = None,
 ) -> None:
     """Build a dataset from a recipe. Re-running into the same --out resumes."""
     overrides = {
         "model.model": model,
         "model.revision": revision,
+        "model.server.url": server,
         "output.num_rows": num_rows,
         "output.shard_size": shard_size,
         "model.seed": seed,
         **_parse_sets(set_),
+        "executor.kind": "ray" if ray else None,
+        "executor.address": ray,
+        "executor.workers": ray_workers,
     }
     with user_errors():
         rec = load_recipe(recipe, overrides)
+        if ray_workers and rec.executor.kind != "ray":
+            from roost.errors import ConfigError
+
+            raise ConfigError("--ray-workers: only with --ray ADDRESS (or executor: {kind: ray} in the recipe)")
         out_dir = _out_dir(out or Path("out") / rec.name)
         logs.setup(out_dir, verbose)
         from roost.build import preflight
         from roost.flows.build import build_flow
 
         preflight(rec, out_dir)  # user errors surface here, before Prefect and the engines start
+        if rec.executor.kind == "ray":  # an address that does not answer: one line, now
+            from roost.ray_executor import connect
+
+            connect(rec.executor.address, quiet=not verbose)
         manifest = build_flow(rec, str(out_dir))
     _print_build_summary(manifest, out_dir)
 
@@ -203,6 +224,10 @@ def curate(
     tau: Optional[float] = typer.Option(None, help="selection: max cosine similarity to an already selected row"),
     shard_size: Optional[int] = typer.Option(None, help="rows per output shard"),
     verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
+    scorer_server: Annotated[Optional[str], typer.Option(
+        help="URL of a vLLM server serving the deita scorer model (deita stage's server)")] = None,
+    reward_server: Annotated[Optional[str], typer.Option(
+        help="URL of a vLLM server serving the reward model (reward model's server)")] = None,
 ) -> None:
     """Deduplicate, filter, score and select rows (SFT or preference); removed rows go to rejects/ with reasons."""
     from roost.recipe import CurateRecipe, _read_yaml, apply_overrides, stage_block, upgrade_curate, validate
@@ -216,6 +241,13 @@ def curate(
         _stage_options(raw, stage_block, exact_field=exact_field, threshold=threshold, scorer=scorer,
                        complexity_model=complexity_model, quality_model=quality_model, reward_model=reward_model,
                        budget=budget, tau=tau, semantic=semantic)
+        if scorer_server:
+            block = stage_block(raw, "deita", create=True)
+            block["server"] = _with_url(block.get("server"), scorer_server)
+        if reward_server:
+            block = stage_block(raw, "reward", create=True)
+            block["model"] = {**(block.get("model") or {})}
+            block["model"]["server"] = _with_url(block["model"].get("server"), reward_server)
         rec = validate(CurateRecipe, raw, str(recipe) if recipe is not None else "options")
         out_dir = _out_dir(out)
         logs.setup(out_dir, verbose)
@@ -225,6 +257,11 @@ def curate(
         preflight(rec, out_dir)  # user errors surface here, before Prefect and the models start
         manifest = curate_flow(rec, str(out_dir))
     _print_curate_summary(manifest, out)
+
+
+def _with_url(server, url: str) -> dict:
+    """A recipe's server block (a URL, a mapping or nothing) with its URL replaced."""
+    return {**(server if isinstance(server, dict) else {}), "url": url}
 
 
 def _default_stages() -> list[dict]:
@@ -267,6 +304,9 @@ def _print_curate_summary(manifest: dict, out_dir: Path) -> None:
         table.add_row(st["name"], str(st["rows_in"]), str(st["kept"]), json.dumps(st["removed"]) if st["removed"] else "")
     out.print(table)
     out.print(f"input rows: {manifest['input_rows']}  output rows: {manifest['rows']}  rejects: {manifest['rejects']}")
+    reused = [n for n, e in ((manifest.get("cache") or {}).get("entries") or {}).items() if e["status"] == "hit"]
+    if reused and not manifest.get("skipped"):  # a killed run's work, read back from OUT/.cache
+        out.print(f"resumed: {', '.join(reused)} read back from the cache", soft_wrap=True)
     out.print(f"data: {out_dir / 'data'}  rejects: {out_dir / 'rejects'}  manifest: {out_dir / 'manifest.json'}")
 
 
@@ -475,6 +515,11 @@ def _print_build_summary(manifest: dict, out_dir: Path) -> None:
     if manifest["rejects_by_reason"]:
         out.print("rejects by reason: " + json.dumps(manifest["rejects_by_reason"]))
     out.print(f"model: {manifest.get('model')}  revision: {manifest.get('revision')}")
+    if (ex := manifest.get("executor")) and ex.get("kind") == "ray":
+        retried = ex["retried_shards"]
+        out.print(f"ray: {ex['workers']} worker(s) at {ex['address']}, {ex['seconds']} s"
+                  + (f"; retried shard(s) {', '.join(str(i + 1) for i in retried)} after a worker died" if retried
+                     else ""), soft_wrap=True)
     out.print(f"data: {out_dir / 'data'}  rejects: {out_dir / 'rejects'}  manifest: {out_dir / 'manifest.json'}")
 
 

@@ -12,11 +12,17 @@ later set stages asked for (key digests, embeddings). Each later run of row filt
 annotators is one more pass over the surviving rows; set stages (dedup, selection) work on
 the in-memory arrays between passes; a last pass writes. Between passes only per-row
 decisions, digests, embeddings and column values are kept, never the text.
+
+Resumable: pass 1's outcome, the embeddings (checkpointed while they are computed), each set
+stage's decision and each annotator's columns are cached under OUT/.cache as they finish
+(roost.stage_cache), keyed by the input's bytes, the settings and everything upstream; a
+killed curation re-run reads back what still holds and goes on from there.
 """
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +37,15 @@ from roost.filters.exact_dedup import digest
 from roost.recipe import CurateRecipe
 from roost.rows import Parsed, detect_kind, parse
 from roost.sources import Source, open_source
+from roost.stage_cache import CACHE_DIR, ReadState, StageCache, apply_removed, apply_rows, removed_table
 from roost.stages.base import (
     STAGES, Annotator, Digest, Embedding, RowFilter, SetDecision, SetStage, Stage, Survivors,
 )
 from roost.writer import REJECT, DatasetWriter, Reject, ShardedOutput, base_manifest, read_manifest, shard_name, write_manifest
 from roost.schemas import RowSchema
 
-SCORE_COLUMNS = ("deita_score", "reward", "chosen_reward", "reward_margin")
+SCORE_COLUMNS = ("deita_score", "reward", "chosen_reward", "reward_margin", "judge_score", "chosen_judge_score",
+                 "judge_chosen_win")
 
 
 @dataclass
@@ -47,6 +55,7 @@ class StageReport:
     kept: int
     removed: dict[str, int]
     settings: dict[str, Any] = field(default_factory=dict)
+    cache: str | None = None  # hit, miss, partial (n rows checkpointed), stale (why), off (why)
 
 
 class Ledger:
@@ -129,10 +138,10 @@ class Context:
 
     def embedder(self):
         if self._embedder is None:
-            from roost.embeddings import Embedder
+            from roost.embeddings import load_embedder
 
             cfg = self.recipe.embedding
-            self._embedder = Embedder(cfg.model, batch_size=cfg.batch_size)
+            self._embedder = load_embedder(cfg.model, kind=cfg.kind, batch_size=cfg.batch_size)
             self.embedder_info = self._embedder.describe()
         return self._embedder
 
@@ -151,7 +160,7 @@ class Context:
         if name is None:
             found = [c for c in written if c in SCORE_COLUMNS]
             if not found:
-                raise self.config_error(stage, "needs scores: put a deita or reward stage before it, "
+                raise self.config_error(stage, "needs scores: put a deita, reward or judge stage before it, "
                                                "or set input.score_column")
             return found[-1]
         if name not in written:
@@ -166,7 +175,8 @@ class Context:
 
 
 class Curation:
-    def __init__(self, recipe: CurateRecipe, source: Source, out: str | Path, *, progress: bool = True):
+    def __init__(self, recipe: CurateRecipe, source: Source, out: str | Path, *, progress: bool = True,
+                 cache: bool = True):
         self.recipe = recipe
         self.source = source
         self.out = Path(out)
@@ -177,6 +187,11 @@ class Curation:
             if isinstance(stage, SetStage) and stage.kind == "selection":
                 self.context.score_column(stage, stage.config.score)  # fail now, not after an hour
         self.reports: list[StageReport] = []
+        self.lead = 0  # the row filters that lead the list run in pass 1
+        while self.lead < len(self.stages) and isinstance(self.stages[self.lead], RowFilter):
+            self.lead += 1
+        self.use_cache = cache
+        self.cache: StageCache | None = None
         self.total = 0
         self.ledger: Ledger | None = None
         self.p1_ids: pa.ChunkedArray | None = None
@@ -184,12 +199,11 @@ class Curation:
         self._progress = _progress_bar() if progress else None
 
     def run(self) -> dict[str, Any]:
-        lead = 0
-        while lead < len(self.stages) and isinstance(self.stages[lead], RowFilter):
-            lead += 1
+        self.cache = StageCache(self.out / CACHE_DIR, self.recipe, self.source, self.stages, self.lead,
+                                enabled=self.use_cache)
         with self._progress or _Null():
-            s = self.first_pass(self.stages[:lead])
-            rest = self.stages[lead:]
+            s = self.first_pass(self.stages[:self.lead])
+            rest = self.stages[self.lead:]
             i = 0
             while i < len(rest):
                 if isinstance(rest[i], SetStage):
@@ -206,18 +220,79 @@ class Curation:
     # -- passes -------------------------------------------------------------------------------
 
     def first_pass(self, filters: list[RowFilter]) -> Survivors:
-        """Parse and validate every row, run the leading row filters, compute features."""
+        """Parse and validate every row, run the leading row filters, compute features. What a
+        killed run finished of this is read back from the cache instead."""
         features = list(dict.fromkeys(f for st in self.stages if isinstance(st, SetStage) for f in st.features()))
-        embedder = self.context.embedder() if any(isinstance(f, Embedding) for f in features) else None
+        cache = self.cache
+        state = cache.load_read()
+        feats = {f: cache.load_feature(f, None if state is None else state.kept.num_rows) for f in features}
+        missing = [f for f in features if feats[f] is None]
+        fresh, feeds = state is None, {}
+        if fresh or missing:
+            t0 = time.perf_counter()
+            state, computed, feeds = self._scan(filters, missing, state)
+            feats.update(computed)
+            scan_seconds = time.perf_counter() - t0 - sum(feed.seconds for feed in feeds.values())
+
+        self.total = state.total
+        self.ledger = self.context.ledger = Ledger(self.total)
+        for st in self.stages:
+            for f in st.fields():
+                self.ledger.declare(f)
+        apply_removed(self.ledger, state.removed)
+        self.p1_ids = state.kept.column("id")
+        position = state.kept.column("position").to_numpy()
+        self.p1_of = np.full(self.total, -1, dtype=np.int64)
+        self.p1_of[position] = np.arange(len(position))
+        s = Survivors(position, state.kept.column("priority").to_numpy())
+        # cached in this order: a run killed once the embeddings are written resumes after pass 1
+        if fresh:
+            cache.save_read(state, scan_seconds)
+        for f in missing:
+            if isinstance(f, Digest):
+                cache.save_digests(f, feats[f], scan_seconds)
+            else:
+                feeds[f].finish(len(position), feeds[f].seconds)
+        for f in features:
+            if len(feats[f]) != len(position):
+                raise RuntimeError(f"{f}: {len(feats[f])} rows for {len(position)} kept")  # keys forbid it
+            s.features[f] = feats[f]
+            if isinstance(f, Embedding) and self.context.embedder_info is None:  # the model did not load
+                self.context.embedder_info = (feeds[f].embedder_info() if f in feeds
+                                              else cache.feature(f).info.get("embedder"))
+
+        counts = self.ledger.counts("validate")
+        self._report("validate", self.total, counts, state.settings[0], cache=cache.read.status)
+        rows_in = self.total - sum(counts.values())
+        for st, settings in zip(filters, state.settings[1:]):
+            removed_here = self.ledger.counts(st.name)
+            self._report(st.name, rows_in, removed_here, settings, cache=cache.read.status)
+            rows_in -= sum(removed_here.values())
+        return s
+
+    def _scan(self, filters: list[RowFilter], missing: list, state: ReadState | None):
+        """One read of the input: parse, validate and run the leading row filters on every row
+        (unless `state` already holds their outcome), and compute the `missing` features of the
+        rows still in."""
+        feeds = {f: self.cache.embedding_feed(f, self.context.embedder) for f in missing if isinstance(f, Embedding)}
+        alive = None
+        if state is not None:
+            alive = np.zeros(state.total, dtype=bool)
+            alive[state.kept.column("position").to_numpy()] = True
         kept: dict[str, list] = {"position": [], "ids": [], "priority": []}
-        feats: dict[Any, list] = {f: [] for f in features}
+        out: dict[Any, list] = {f: [] for f in missing}
         removed: list[tuple[int, str, str, str | None]] = []
         task = self._task("read, filter, embed")
         cfg = self.recipe.input
+        total = done = 0
         for batch in self.source.batches(cfg.batch_size):
             pos_b, ids_b, pri_b, rows_b = [], [], [], []
             for row in batch:
-                pos, self.total = self.total, self.total + 1
+                pos, total = total, total + 1
+                if alive is not None:
+                    if pos < len(alive) and alive[pos]:
+                        rows_b.append(parse(row, self.context.form, self.context.cols)[0])
+                    continue
                 parsed, problem = parse(row, self.context.form, self.context.cols)
                 if problem:
                     removed.append((pos, "validate", "bad_input", problem))
@@ -230,43 +305,41 @@ class Curation:
                 ids_b.append(_external_id(row, self.context.cols.id, parsed))
                 pri_b.append(_priority(row, cfg.score_column))
                 rows_b.append(parsed)
-            kept["position"].append(np.asarray(pos_b, dtype=np.int64))
-            kept["ids"].append(pa.array(ids_b, pa.string()))
-            kept["priority"].append(np.asarray(pri_b, dtype=np.float64))
-            for f in features:
+            if alive is None:
+                kept["position"].append(np.asarray(pos_b, dtype=np.int64))
+                kept["ids"].append(pa.array(ids_b, pa.string()))
+                kept["priority"].append(np.asarray(pri_b, dtype=np.float64))
+            for f in missing:
                 texts = [r.view(f.view) for r in rows_b]
                 if isinstance(f, Digest):
-                    feats[f].append(np.frombuffer(b"".join(digest(t) for t in texts), np.uint8).reshape(-1, 16))
+                    out[f].append(np.frombuffer(b"".join(digest(t) for t in texts), np.uint8).reshape(-1, 16))
                 elif texts:
-                    feats[f].append(embedder.encode(texts))
+                    out[f].append(feeds[f].encode(texts, done))
+            done += len(rows_b)
             self._advance(task, len(batch))
-
-        self.ledger = self.context.ledger = Ledger(self.total)
-        for st in self.stages:
-            for f in st.fields():
-                self.ledger.declare(f)
-        for pos, stage, reason, detail in removed:
-            self.ledger.remove(pos, stage, reason, detail)
-        self.p1_ids = pa.chunked_array(kept["ids"], pa.string())
-        position = _cat(kept["position"], np.zeros(0, np.int64))
-        self.p1_of = np.full(self.total, -1, dtype=np.int64)
-        self.p1_of[position] = np.arange(len(position))
-        s = Survivors(position, _cat(kept["priority"], np.zeros(0)))
-        for f in features:
-            empty = np.zeros((0, 16), np.uint8) if isinstance(f, Digest) else np.zeros((0, embedder.dim), np.float32)
-            s.features[f] = _cat(feats[f], empty)
-        counts = self.ledger.counts("validate")
-        self._report("validate", self.total, counts, {"kind": self.context.kind, "form": self.context.form})
-        rows_in = self.total - sum(counts.values())
-        for st in filters:
-            removed_here = self.ledger.counts(st.name)
-            self._report(st.name, rows_in, removed_here, st.settings())
-            rows_in -= sum(removed_here.values())
-        return s
+        if state is None:
+            state = ReadState(total, pa.table({
+                "position": _cat(kept["position"], np.zeros(0, np.int64)),
+                "id": pa.chunked_array(kept["ids"], pa.string()),
+                "priority": _cat(kept["priority"], np.zeros(0))}), removed_table(removed),
+                [{"kind": self.context.kind, "form": self.context.form}, *[st.settings() for st in filters]])
+        elif total != state.total or done != state.kept.num_rows:
+            raise RuntimeError(f"{self.source.description}: the input changed during the curation")
+        arrays = {f: _cat(out[f], np.zeros((0, 16), np.uint8) if isinstance(f, Digest)
+                          else np.zeros((0, feeds[f].dim()), np.float32)) for f in missing}
+        return state, arrays, feeds
 
     def apply_set(self, stage: SetStage, s: Survivors) -> Survivors:
+        index = self.stages.index(stage)
         task = self._task(stage.name, total=1)
-        d: SetDecision = stage.run(s)
+        cached = self.cache.load_decision(index, s.position)
+        if cached is not None:
+            d, settings = cached
+        else:
+            t0 = time.perf_counter()
+            d: SetDecision = stage.run(s)
+            settings = {**stage.settings(), **d.settings}
+            self.cache.save_decision(index, s.position, d, settings, time.perf_counter() - t0)
         self._advance(task, 1)
         gone = np.flatnonzero(~d.keep)
         positions = s.position[gone]
@@ -279,11 +352,30 @@ class Curation:
             self.ledger.ref[positions] = np.where(dup >= 0, s.position[np.maximum(dup, 0)], -1)
         for name, values in d.columns.items():
             self.ledger.put(name, s.position, values)
-        self._report(stage.name, len(s), self.ledger.counts(stage.name), {**stage.settings(), **d.settings})
+        self._report(stage.name, len(s), self.ledger.counts(stage.name), settings, cache=self.cache.status(index))
         return s.subset(np.flatnonzero(d.keep))
 
     def data_pass(self, group: list[Stage], s: Survivors) -> Survivors:
-        """One pass over the survivors for a run of row filters and annotators."""
+        """One pass over the survivors for a run of row filters and annotators. Those of them a
+        killed run finished (the leading ones: a stage sees what the ones before it left) are
+        read back from the cache instead."""
+        while group:
+            index = self.stages.index(group[0])
+            cached = self.cache.load_rows(index, s.position)
+            if cached is None:
+                break
+            table, settings = cached
+            dropped = apply_rows(self.ledger, group[0], table)
+            self._report(group[0].name, table.num_rows, self.ledger.counts(group[0].name), settings, cache="hit")
+            s = s.subset(np.flatnonzero(~dropped))
+            group = group[1:]
+        if not group:
+            return s
+        for st in group[1:]:
+            self.cache.recomputed(self.stages.index(st))
+        seen: list[list[np.ndarray]] = [[] for _ in group]  # positions each stage saw
+        drops: list[list[tuple[int, str, str | None]]] = [[] for _ in group]
+        spent = [0.0] * len(group)
         alive = np.zeros(self.total, dtype=bool)
         alive[s.position] = True
         rows_in = {st.name: 0 for st in group}
@@ -293,26 +385,32 @@ class Curation:
 
         def flush():
             batch = pending
-            for st in group:
+            for k, st in enumerate(group):
                 rows_in[st.name] += len(batch)
+                seen[k].append(np.fromiter((pos for pos, _ in batch), np.int64, len(batch)))
+                t0 = time.perf_counter()
                 if isinstance(st, RowFilter):
                     survivors = []
                     for pos, row in batch:
                         drop = st.filter(row)
                         if drop:
                             self.ledger.remove(pos, st.name, drop.reason, drop.detail)
+                            drops[k].append((pos, drop.reason, drop.detail))
                             alive[pos] = False
                         else:
                             survivors.append((pos, row))
                     batch = survivors
+                    spent[k] += time.perf_counter() - t0
                     continue
                 notes = st.annotate([row for _, row in batch]) if batch else []
+                spent[k] += time.perf_counter() - t0
                 positions = np.asarray([pos for pos, _ in batch], dtype=np.int64)
                 for f in st.fields():
                     self.ledger.put(f.name, positions, [a.values.get(f.name) for a in notes])
                 for (pos, _), note in zip(batch, notes):
                     if note.drop:
                         self.ledger.remove(pos, st.name, note.drop.reason, note.drop.detail)
+                        drops[k].append((pos, note.drop.reason, note.drop.detail))
                         alive[pos] = False
                 batch = [(pos, row) for (pos, row), note in zip(batch, notes) if not note.drop]
             self._advance(task, len(pending))
@@ -325,8 +423,13 @@ class Curation:
                 if len(pending) >= batch_size:
                     flush()
         flush()
-        for st in group:
-            self._report(st.name, rows_in[st.name], self.ledger.counts(st.name), st.settings())
+        for k, st in enumerate(group):
+            index = self.stages.index(st)
+            settings = st.settings()
+            self._report(st.name, rows_in[st.name], self.ledger.counts(st.name), settings,
+                         cache=self.cache.status(index))
+            positions = _cat(seen[k], np.zeros(0, np.int64))
+            self.cache.save_rows(index, self.ledger, st, positions, drops[k], settings, spent[k])
         return s.subset(np.flatnonzero(alive[s.position]))
 
     def write(self, s: Survivors) -> dict[str, Any]:
@@ -419,8 +522,9 @@ class Curation:
         parsed, problem = parse(row, self.context.form, self.context.cols)
         return None if problem else _external_id(row, self.context.cols.id, parsed)
 
-    def _report(self, name, rows_in, removed, settings=None):
-        self.reports.append(StageReport(name, rows_in, rows_in - sum(removed.values()), dict(removed), settings or {}))
+    def _report(self, name, rows_in, removed, settings=None, cache=None):
+        self.reports.append(StageReport(name, rows_in, rows_in - sum(removed.values()), dict(removed), settings or {},
+                                        cache))
 
     def _manifest(self, shards: int, counts: dict[str, list[int]]) -> dict[str, Any]:
         split = self.recipe.input.split
@@ -434,6 +538,7 @@ class Curation:
             input_rows=self.total,
             stages=[r.__dict__ for r in self.reports],
             embedding=self.context.embedder_info,
+            cache=self.cache.manifest() if self.cache else None,
             rows=sum(counts["data"]),
             rejects=sum(counts["rejects"]),
             rejects_by_reason=self.ledger.counts(),
@@ -462,10 +567,13 @@ def preflight(recipe: CurateRecipe, out: str | Path, *, progress: bool = False) 
     out = Path(out)
     existing = read_manifest(out)
     if existing:
-        if existing.get("recipe_hash") != recipe.fingerprint() or existing.get("kind") != "curated":
+        # an unfinished curation may be re-run with a changed recipe: its cache entries are
+        # keyed by their settings, so only what still holds is reused
+        finished = existing.get("status") == "complete"
+        if existing.get("kind") != "curated" or (finished and existing.get("recipe_hash") != recipe.fingerprint()):
             raise OutputMismatch(f"{out} holds a different dataset (recipe hash {existing.get('recipe_hash')}); "
                                  "choose another --out or delete it")
-        if existing.get("status") == "complete":
+        if finished:
             return {**existing, "skipped": True}
     if not recipe.input.path:
         raise ConfigError("field 'input.path': required (the dataset to curate)")
@@ -474,7 +582,8 @@ def preflight(recipe: CurateRecipe, out: str | Path, *, progress: bool = False) 
 
 
 def curate(recipe: CurateRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Curate `recipe.input.path` into `out`. Re-running a finished curation is a no-op."""
+    """Curate `recipe.input.path` into `out`. Re-running a finished curation is a no-op; re-running
+    a killed one resumes from the cache in OUT/.cache, which is removed once it completes."""
     out = Path(out)
     curation = preflight(recipe, out, progress=progress)
     if isinstance(curation, dict):
@@ -485,6 +594,7 @@ def curate(recipe: CurateRecipe, out: str | Path, *, progress: bool = True) -> d
         stale.unlink()  # a previous unfinished run of this same recipe: its shard plan may differ
     manifest = curation.run()
     write_manifest(out, manifest)
+    curation.cache.clear()
     return manifest
 
 

@@ -19,11 +19,12 @@ _LIBRARIES = ("py.warnings", "transformers", "sentence_transformers", "huggingfa
               "httpx")
 
 
-def setup(out_dir: str | Path, verbose: bool = False) -> Path | None:
-    """Route library logs to `<out_dir>/logs/roost.log` (returns its path), unless verbose."""
+def setup(out_dir: str | Path, verbose: bool = False, name: str = "roost") -> Path | None:
+    """Route library logs to `<out_dir>/logs/<name>.log` (returns its path), unless verbose.
+    (`name`: one file per process that logs beside others, e.g. each Ray worker's.)"""
     if verbose:
         return None
-    log = Path(out_dir) / "logs" / "roost.log"
+    log = Path(out_dir) / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "version": 1,
@@ -33,7 +34,7 @@ def setup(out_dir: str | Path, verbose: bool = False) -> Path | None:
                               "level": "DEBUG"}},
         "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
     }
-    vllm_config = log.parent / "vllm-logging.json"
+    vllm_config = log.parent / ("vllm-logging.json" if name == "roost" else f"{name}.vllm-logging.json")
     vllm_config.write_text(json.dumps(config))
     os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
     os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(vllm_config)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -41,6 +41,18 @@ class OutputConfig(Strict):
 
 PLACEHOLDERS = ("data", "model", "output", "iteration")
 REQUIRED = ("data", "model", "output")
+
+
+class ExecutorConfig(Strict):
+    """Where a build's shards run: here, one after another (local), or on a Ray cluster, one
+    engine per Ray worker (see roost.ray_executor). Speed only: never part of the fingerprint."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # ray: auto (RAY_ADDRESS, or the cluster `ray start` made here), HOST:PORT, ray://HOST:PORT
+    workers: int | None = Field(None, ge=1)  # ray: workers (actors, one engine each); default: as many as the cluster fits
+    gpus_per_worker: float | None = Field(None, ge=0)  # default: model.tensor_parallel_size if the cluster has GPUs, else 0
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_attempts: int = Field(3, ge=1)  # a shard whose worker dies is retried, up to this many attempts in all
 
 
 class LoopConfig(Strict):
@@ -80,6 +92,7 @@ class Recipe(Strict):
     output: OutputConfig = OutputConfig()
     iteration: int = Field(0, ge=0)  # which round of an iterative method (DPO, SPIN, SPPO) this is
     loop: LoopConfig | None = None  # for `roost iterate`; not part of the data's fingerprint
+    executor: ExecutorConfig = throughput(ExecutorConfig())  # where shards run; not part of the fingerprint
 
     def fingerprint(self) -> str:
         return fingerprint(self, ignore=("name", "loop"))
@@ -92,7 +105,10 @@ class CurateInput(DatasetInput):
 
 
 class EmbeddingConfig(Strict):
-    model: str | None = None  # sentence-transformers name or path; default: bundled all-MiniLM-L6-v2
+    # sentence-transformers name or path; default: bundled all-MiniLM-L6-v2. "static": a model2vec
+    # model distilled from it (cached; roost.embeddings.StaticEmbedder), or a model2vec model's path
+    model: str | None = None
+    kind: Literal["auto", "sentence-transformers", "model2vec"] = "auto"  # auto: model2vec for "static" / model2vec dirs
     batch_size: int = throughput(32, ge=1)  # sentence-transformers default; measured fastest on CPU
 
 

@@ -45,6 +45,13 @@ class Source:
                     if batch.num_rows:
                         yield batch.to_pylist()
 
+    def local_files(self) -> list[str] | None:
+        """The files the rows are read from, in reading order (None for a Hub stream): what
+        the resume cache fingerprints (roost.stage_cache)."""
+        if self._hub:
+            return None
+        return [self.description["path"]] if self._table is not None else list(self._files)
+
     def count(self) -> int | None:
         if self._table is not None:
             return self._table.num_rows

@@ -1,14 +1,19 @@
 """Engines: the one interface to a model (see base.Engine). Configs are plain data
 (config.py); the modules that import vLLM or torch load only when an engine is built."""
 from roost.engines.base import Completion, Engine, Generation, Sampling, render_chat
-from roost.engines.config import EngineConfig, RewardModelConfig, ensure_available
+from roost.engines.config import EngineConfig, RewardModelConfig, ServerConfig, ensure_available
 
 
 def get_engine(config: EngineConfig):
-    """The process-wide generative engine for this model (built once, then reused)."""
+    """The process-wide generative engine for this model (built once, then reused): in this
+    process, or on the vLLM server `config.server` names (roost.engines.server_engine)."""
+    ensure_available(config.model, config.revision)  # a server engine tokenizes here too
+    if config.server is not None:
+        from roost.engines.server_engine import get_server_engine
+
+        return get_server_engine(config)
     from roost.engines.vllm_engine import get_engine as get_vllm_engine
 
-    ensure_available(config.model, config.revision)
     return get_vllm_engine(config)
 
 
@@ -20,7 +25,7 @@ def release_all() -> None:
     import sys
 
     for module, attr in (("roost.engines.vllm_engine", "_ENGINES"), ("roost.engines.hf_scoring", "_SCORING_ENGINES"),
-                         ("roost.scorers.reward", "_BACKENDS")):
+                         ("roost.scorers.reward", "_BACKENDS"), ("roost.engines.server_engine", "_ENGINES")):
         if module in sys.modules:
             cache = getattr(sys.modules[module], attr)
             for held in cache.values():
@@ -38,5 +43,5 @@ def release_all() -> None:
             torch.cuda.empty_cache()
 
 
-__all__ = ["Completion", "Engine", "EngineConfig", "Generation", "RewardModelConfig", "Sampling",
+__all__ = ["Completion", "Engine", "EngineConfig", "Generation", "RewardModelConfig", "Sampling", "ServerConfig",
            "ensure_available", "get_engine", "release_all", "render_chat"]

@@ -13,7 +13,14 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling parameters. `max_tokens` has no default on purpose (vLLM's is 16)."""
+    """Sampling parameters. `max_tokens` has no default on purpose (vLLM's is 16).
+
+    Structured output (at most one of the two): `json_schema` (a JSON Schema, as a dict or its
+    JSON text) makes every completion that finishes a JSON document valid under the schema,
+    written compactly (no whitespace between tokens of the JSON); `choice` makes it exactly one
+    of the strings. The engine enforces them while decoding (grammar-constrained sampling), so a
+    weak model cannot leave the allowed set; a completion cut at `max_tokens` is still a prefix
+    only (`finish_reason == "length"`), and is the caller's to treat as unreadable."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -26,15 +33,39 @@ class Sampling:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    json_schema: str | None = None  # JSON text (a dict given here is stored as canonical JSON)
+    choice: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if isinstance(self.json_schema, dict):
+            import json
+
+            object.__setattr__(self, "json_schema", json.dumps(self.json_schema, sort_keys=True))
+        if self.choice is not None:
+            object.__setattr__(self, "choice", tuple(self.choice))
+            if not self.choice:
+                raise ValueError("Sampling.choice must not be empty")
+        if self.json_schema is not None and self.choice is not None:
+            raise ValueError("Sampling: set json_schema or choice, not both")
+
+    @property
+    def structured(self) -> bool:
+        return self.json_schema is not None or self.choice is not None
 
     def with_n(self, n: int) -> "Sampling":
         return Sampling(**{**asdict(self), "n": n})
 
     def record(self) -> dict[str, Any]:
-        """What provenance keeps: everything that changes the output."""
+        """What provenance keeps: everything that changes the output (structured-output fields
+        only when set, so records of unconstrained sampling keep their shape)."""
         d = asdict(self)
         d["stop"] = list(self.stop)
         d["stop_token_ids"] = list(self.stop_token_ids)
+        for key in ("json_schema", "choice"):
+            if d[key] is None:
+                del d[key]
+        if self.choice is not None:
+            d["choice"] = list(self.choice)
         return d
 
 
@@ -82,7 +113,10 @@ class Engine(Protocol):
 
         `seed` (a non-negative int, e.g. from `derive_seed`): the outputs of this call depend
         only on (prompts, sampling, seed), not on what the engine ran before in the process.
-        None: the engine's running random state (outputs then depend on earlier calls)."""
+        None: the engine's running random state (outputs then depend on earlier calls).
+
+        `Sampling.json_schema` / `Sampling.choice` are enforced while decoding (structured
+        output), or the call fails with a ModelError; an engine never ignores them."""
 
     def chat(
         self,

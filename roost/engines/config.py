@@ -8,12 +8,55 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Fields that change what the model outputs. Throughput-only knobs (memory, batch limits)
 # live in `throughput` and never enter a recipe hash or a cache key.
 _THROUGHPUT = {"throughput": True}  # kept out of fingerprints (see roost.config.canonical)
 _IDENTITY_FIELDS = ("model", "revision", "tokenizer", "dtype", "max_model_len", "seed", "trust_remote_code")
+
+
+class ServerConfig(BaseModel):
+    """A running vLLM OpenAI-compatible server (`vllm serve`) that serves the model, instead of
+    loading it in this process (roost.engines.server_engine). A recipe may give just the URL:
+    `server: http://host:8000/v1`. Where the model runs is not part of a recipe's fingerprint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http(s)://host:port, with or without /v1")
+    # The name of an environment variable holding the API key (`vllm serve --api-key`); the key
+    # itself is never written to a recipe or a manifest. None: VLLM_API_KEY if it is set.
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    max_concurrency: int = Field(default=256, ge=1, description="requests in flight at once")
+    timeout: float = Field(default=600.0, gt=0, description="seconds per request")
+    retries: int = Field(default=4, ge=0, description="retries on connection errors and 5xx, with backoff")
+    # Each request carries seed = derive_seed(call seed, prompt index). A CPU vLLM server dies on
+    # seeded requests unless started with --no-enable-chunked-prefill (server_engine docstring);
+    # false: send no seeds (outputs then depend on the server's state).
+    per_request_seeds: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_url(cls, value):
+        if isinstance(value, str):
+            return {"url": value}
+        if isinstance(value, dict) and "api_key" in value:
+            raise ValueError("api_key: keys are never stored in recipes; name the environment variable "
+                             "that holds it in api_key_env")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+        if parts.username or parts.password:
+            raise ValueError("credentials do not belong in the URL; name the environment variable that "
+                             "holds the API key in api_key_env")
+        return value.strip().rstrip("/")
 
 
 class EngineConfig(BaseModel):
@@ -34,12 +77,16 @@ class EngineConfig(BaseModel):
         description="passed to vllm.LLM as is (gpu_memory_utilization, max_num_seqs, ...)",
         json_schema_extra=_THROUGHPUT,
     )
+    server: ServerConfig | None = Field(
+        default=None, description="a running vLLM server that serves this model (default: load it here)",
+        json_schema_extra=_THROUGHPUT,
+    )
 
     def identity(self) -> tuple:
         return tuple(getattr(self, f) for f in _IDENTITY_FIELDS)
 
 
-Backend = Literal["auto", "vllm", "transformers"]
+Backend = Literal["auto", "vllm", "transformers", "server"]  # server: `server` below (vLLM's /classify)
 
 
 class RewardModelConfig(BaseModel):
@@ -56,7 +103,8 @@ class RewardModelConfig(BaseModel):
     dtype: str = "auto"
     max_model_len: int | None = Field(default=4096, ge=16)
     trust_remote_code: bool = False
-    backend: Backend = "auto"  # auto: vLLM pooling where vLLM supports the architecture, else transformers
+    backend: Backend = "auto"  # auto: `server` if set, else vLLM pooling where vLLM supports the architecture, else transformers
+    server: ServerConfig | None = Field(default=None, json_schema_extra=_THROUGHPUT)  # a vLLM server serving this reward model
     objective: int | None = Field(default=None, ge=0)
     weights: list[float] | None = None
     batch_size: int = Field(default=16, ge=1, json_schema_extra=_THROUGHPUT)  # rows per forward (transformers)
@@ -74,10 +122,15 @@ class RewardModelConfig(BaseModel):
             raise ValueError("set objective or weights, not both")
         if self.weights is not None and not self.weights:
             raise ValueError("weights must not be empty")
+        if self.backend == "server" and self.server is None:
+            raise ValueError("backend server needs server: the URL of a vLLM server serving the reward model")
+        if self.server is not None and self.backend not in ("auto", "server"):
+            raise ValueError(f"server is set, but backend is {self.backend}: use backend server (or auto)")
         return self
 
     def identity(self) -> tuple:
-        return (self.model, self.revision, self.dtype, self.max_model_len, self.trust_remote_code, self.backend)
+        where = (self.server.url, self.server.api_key_env) if self.server is not None else None
+        return (self.model, self.revision, self.dtype, self.max_model_len, self.trust_remote_code, self.backend, where)
 
 
 def ensure_available(model: str, revision: str | None = None) -> None:

@@ -412,7 +412,12 @@ def resolve_scoring_backend(backend: str = "auto") -> str:
 def get_scoring_engine(config: EngineConfig, backend: str = "auto"):
     """The process-wide scoring engine for this model: vLLM (`roost.engines.get_engine`, the
     engine generation also uses) or `HFScoringEngine`. "auto": transformers on CPU, vLLM on GPU
-    (measured; see the module docstring). Each model loads once per process and backend."""
+    (measured; see the module docstring). Each model loads once per process and backend.
+    A config with `server` is scored on that vLLM server, whatever the backend."""
+    if config.server is not None:
+        from roost.engines import get_engine
+
+        return get_engine(config)
     resolved = resolve_scoring_backend(backend)
     if resolved == "vllm":
         from roost.engines import get_engine

@@ -36,21 +36,36 @@ Tags for every row (Magpie's diversity tags, `tags` of the result)
 
 Index
 -----
-`index="auto"`: exact `IndexFlatIP` up to `FLAT_MAX_ROWS` rows, else IVF-Flat (inner product,
-spherical k-means, nlist = 4*sqrt(n)). For an approximate index (`"ivf"` or `"hnsw"`) the
+`index="auto"`: exact `IndexFlatIP` up to `FLAT_MAX_ROWS` rows, else IVF (inner product,
+spherical k-means, nlist ~ sqrt(n)). For an approximate index (`"ivf"` or `"hnsw"`) the
 search parameter (nprobe / efSearch) is *calibrated at build time*: a random sample of rows is
 searched exactly, and the parameter is raised until the approximate index finds >=
 `target_recall` (0.99) of the exact duplicate pairs (sim >= threshold within the exact top-k)
 of that sample (one step further when the sample holds fewer than 500 pairs, since it cannot
 resolve a 1% miss rate). Chosen parameter, measured recall and pair count go into `settings`.
-GPU FAISS is used for flat and IVF when `faiss.get_num_gpus() > 0`. Search runs in batches of
-`batch_size` queries; memory is the index (one copy of the embeddings) plus the pairs found.
-`build_index` builds the index; `ReferenceIndex` searches one with outside queries (benchmark
-decontamination: rows against benchmark items).
+
+IVF on CPU is a *self-join by cell*, not a FAISS `IndexIVFFlat.search`: the queries are the
+rows themselves, so every row's top-nprobe cells are computed once (its own cell = the first),
+and each cell's members are compared with all rows probing that cell in one BLAS matrix product
+(FAISS' `big_batch_search` idea: a per-query IVF scan streams nprobe cells from memory for
+every query at a few GFLOP/s; a GEMM per cell runs at the machine's matmul rate). Candidates are
+exactly those of an IVF search with the same centroids and nprobe: a row sees the members of
+its nprobe nearest cells. The calibration needs no trial searches: an exact pair (q, j) is
+found at nprobe p iff j's cell ranks < p among q's centroids, so one exact search of the sample
+gives the recall of every p. Nothing is copied into an index (memory: the embeddings, an
+(n, nprobe) cell table and the pairs). Rows with more than k hits >= threshold keep their k
+most similar, as a top-k search would.
+
+GPU FAISS is used for flat and IVF when `faiss.get_num_gpus() > 0` (IVF: the same centroids and
+nprobe in a GPU `IndexIVFFlat`; not exercised here, the project's machines have no GPU).
+Search runs in batches of `batch_size` queries.
+`build_index` builds a FAISS index; `ReferenceIndex` searches one with outside queries
+(benchmark decontamination: rows against benchmark items).
 """
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Literal, Sequence
 
@@ -68,6 +83,17 @@ FLAT_MAX_ROWS = 50_000
 NPROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 EF_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
+# IVF. Cost of the self-join ~ n*d*(nlist + nprobe*n/nlist) multiply-adds (coarse assignment +
+# cell products), least at nlist ~ sqrt(nprobe*n); bench/bench_dedup.py measured 1M rows at
+# nlist = sqrt(n) and 2*sqrt(n). k-means trains on IVF_TRAIN_PER_CENTROID sampled rows per
+# centroid (faiss wants >= 39) for IVF_KMEANS_ITERS rounds: cells only need to be coherent, the
+# calibrated nprobe absorbs the rest.
+IVF_NLIST_PER_SQRT_N = 1.0
+IVF_TRAIN_PER_CENTROID = 40
+IVF_KMEANS_ITERS = 10
+IVF_NO_PAIRS_NPROBE = 8  # when the calibration sample holds no duplicate pair to measure
+_BLOCK_ELEMENTS = 1 << 22  # similarity block of a cell product: 16 MB of float32
+
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 
 
@@ -79,6 +105,27 @@ def _use_gpu(use_gpu: bool | None) -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
+def _n_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _parallel(fn, items, threads: int | None = None) -> list:
+    """`[fn(i) for i in items]` on a thread pool with single-threaded BLAS in each thread: many
+    mid-sized matrix products run faster side by side than one after another on all cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    threads = threads or _n_threads()
+    if threads == 1:
+        return [fn(i) for i in items]
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as ex:
+        return list(ex.map(fn, items))
+
+
 def _neighbours(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int):
     """Drop self (by index) and padding (-1) from a (b, k+1) result, keep at most k per row.
 
@@ -88,12 +135,154 @@ def _neighbours(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int):
     return valid
 
 
+def ivf_nlist(n: int, nlist: int | None = None) -> int:
+    """Number of IVF cells for n rows (default ~sqrt(n)), capped at n/39 (faiss' k-means floor)."""
+    nlist = int(nlist or max(1, round(IVF_NLIST_PER_SQRT_N * math.sqrt(n))))
+    return max(1, min(nlist, n // 39 if n >= 39 else 1))
+
+
+def train_centroids(x: np.ndarray, nlist: int, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Spherical k-means (faiss) on a sample of IVF_TRAIN_PER_CENTROID rows per centroid:
+    (nlist, d) unit centroids and the settings that describe the training."""
+    import faiss
+
+    n, d = x.shape
+    n_train = min(n, IVF_TRAIN_PER_CENTROID * nlist)
+    rng = np.random.default_rng(seed)
+    train = x if n_train == n else x[np.sort(rng.choice(n, n_train, replace=False))]
+    cp = faiss.ClusteringParameters()
+    cp.spherical = True
+    cp.niter = IVF_KMEANS_ITERS
+    cp.seed = seed
+    cp.max_points_per_centroid = max(IVF_TRAIN_PER_CENTROID, -(-n_train // nlist))  # no second subsample
+    clus = faiss.Clustering(d, nlist, cp)
+    clus.train(np.ascontiguousarray(train), faiss.IndexFlatIP(d))
+    c = faiss.vector_to_array(clus.centroids).reshape(nlist, d).astype(np.float32)
+    c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    return c, {"nlist": nlist, "train_rows": int(n_train), "kmeans_iters": IVF_KMEANS_ITERS}
+
+
+def top_cells(x: np.ndarray, centroids: np.ndarray, p: int, chunk: int = 8192) -> np.ndarray:
+    """(n, p) int32: each row's p most similar centroids, most similar first."""
+    n, nlist = len(x), len(centroids)
+    p = min(p, nlist)
+    out = np.empty((n, p), np.int32)
+
+    def work(s: int) -> None:
+        sim = x[s:s + chunk] @ centroids.T
+        part = np.argpartition(sim, nlist - p, axis=1)[:, nlist - p:] if p < nlist else \
+            np.broadcast_to(np.arange(nlist), sim.shape)
+        o = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
+        out[s:s + chunk] = np.take_along_axis(part, o, axis=1)
+
+    _parallel(work, range(0, n, chunk))
+    return out
+
+
+def ivf_self_join(x: np.ndarray, cells: np.ndarray, nlist: int, threshold: float, k: int):
+    """Every row against the members of its probed cells (`cells[:, 0]` = the row's own cell).
+
+    Returns nearest (n,) row or -1, nearest_sim (n,) (NaN when none), and the pairs (src, dst,
+    sim) with sim >= threshold, at most the k most similar per src, sorted by src then
+    decreasing sim. Exactly the candidates of an IVF search with these cells."""
+    n, p = cells.shape
+    flat = cells.ravel()
+    # entries sorted by (cell, probe rank, row): in each cell the members (rank 0) come first,
+    # in row order, so a cell's member list is the head of its query list
+    o = np.argsort(flat.astype(np.int64) * p + np.tile(np.arange(p), n), kind="stable")
+    q_rows = o // p
+    q_lims = np.zeros(nlist + 1, np.int64)
+    np.cumsum(np.bincount(flat, minlength=nlist), out=q_lims[1:])
+    m_cnt = np.bincount(cells[:, 0], minlength=nlist)
+    del flat, o
+    near = np.full(n * p, -1, np.int64)  # per entry of q_rows: best member of that cell
+    near_sim = np.full(n * p, -np.inf, np.float32)
+    pairs: list = []
+
+    def work(c: int) -> None:
+        lo, hi, m = int(q_lims[c]), int(q_lims[c + 1]), int(m_cnt[c])
+        if m == 0 or hi == lo:
+            return
+        mem = q_rows[lo:lo + m]
+        xb = x[mem]
+        step = max(1, _BLOCK_ELEMENTS // m)
+        for s in range(lo, hi, step):
+            e = min(hi, s + step)
+            qs = q_rows[s:e]
+            sim = x[qs] @ xb.T
+            n_self = max(0, min(lo + m, e) - s)  # queries that are members: self at column s-lo+r
+            if n_self:
+                r = np.arange(n_self)
+                sim[r, s - lo + r] = -np.inf
+            b = sim.argmax(axis=1)
+            near[s:e] = mem[b]
+            near_sim[s:e] = sim[np.arange(len(qs)), b]
+            hit = sim >= threshold
+            over = np.flatnonzero(hit.sum(axis=1) > k)
+            if len(over):  # rows with more than k hits keep their k most similar
+                top = np.argpartition(sim[over], m - k, axis=1)[:, m - k:]
+                hit[over] = False
+                hit[over[:, None], top] = True
+            r, j = np.nonzero(hit)
+            if len(r):
+                pairs.append((qs[r], mem[j], sim[r, j]))
+
+    _parallel(work, range(nlist))
+    # nearest: the best over a row's cells
+    o = np.lexsort((-near_sim, q_rows))
+    first = o[np.r_[0, np.flatnonzero(np.diff(q_rows[o])) + 1]] if len(o) else o
+    nearest = np.full(n, -1, np.int64)
+    nearest_sim = np.full(n, np.nan, np.float32)
+    ok = np.isfinite(near_sim[first])
+    nearest[q_rows[first[ok]]] = near[first[ok]]
+    nearest_sim[q_rows[first[ok]]] = near_sim[first[ok]]
+    del near, near_sim, q_rows, o
+    cat = lambda i, dt: np.concatenate([t[i] for t in pairs]).astype(dt) if pairs else np.zeros(0, dt)
+    src, dst, sim = cat(0, np.int64), cat(1, np.int64), cat(2, np.float32)
+    o = np.lexsort((-sim, src))
+    src, dst, sim = src[o], dst[o], sim[o]
+    if len(src):  # a row's hits over all its cells: keep the k most similar
+        starts = np.r_[0, np.flatnonzero(np.diff(src)) + 1]
+        rank = np.arange(len(src)) - np.repeat(starts, np.diff(np.r_[starts, len(src)]))
+        keep = rank < k
+        src, dst, sim = src[keep], dst[keep], sim[keep]
+    return nearest, nearest_sim, src, dst, sim
+
+
+def exact_pairs(x: np.ndarray, rows: np.ndarray, threshold: float, k: int, block: int = 8192):
+    """Exact duplicate pairs of the query `rows` against all rows: (a, b) with sim >= threshold,
+    b != a, at most the k most similar per a (what a flat top-k search keeps). Blocked GEMM on
+    a thread pool; reads `x` in place (a flat FAISS index would copy it)."""
+    n = len(x)
+    xq = x[rows]
+
+    def work(s: int):
+        sim = xq @ x[s:s + block].T
+        r, c = np.nonzero(sim >= threshold)
+        keep = rows[r] != s + c
+        r, c = r[keep], c[keep]
+        return r, s + c, sim[r, c]
+
+    parts = _parallel(work, range(0, n, block))
+    r = np.concatenate([p[0] for p in parts])
+    c = np.concatenate([p[1] for p in parts])
+    v = np.concatenate([p[2] for p in parts])
+    o = np.lexsort((-v, r))
+    r, c = r[o], c[o]
+    if len(r):
+        starts = np.r_[0, np.flatnonzero(np.diff(r)) + 1]
+        rank = np.arange(len(r)) - np.repeat(starts, np.diff(np.r_[starts, len(r)]))
+        r, c = r[rank < k], c[rank < k]
+    return rows[r], c
+
+
 def build_index(x: np.ndarray, kind: str, *, gpu: bool = False, seed: int = 0, nlist: int | None = None,
-                hnsw_m: int = 32):
+                hnsw_m: int = 32, centroids: np.ndarray | None = None):
     """A FAISS inner-product index of kind flat / ivf / hnsw holding the unit rows `x`, and the
-    settings that describe it. Semantic dedup searches it with its own rows, decontamination
-    (`ReferenceIndex`) with outside queries. (roost.selection keeps its own incremental flat
-    index: it adds rows one by one as they are selected.)"""
+    settings that describe it. Decontamination (`ReferenceIndex`) searches it with outside
+    queries; semantic dedup uses it for flat, HNSW and GPU IVF (on CPU its IVF is a self-join
+    by cell, `ivf_self_join`). IVF: `centroids` (from `train_centroids`) or trained here.
+    (roost.selection keeps its own incremental flat index: it adds rows one by one.)"""
     import faiss
 
     n, d = x.shape
@@ -101,28 +290,20 @@ def build_index(x: np.ndarray, kind: str, *, gpu: bool = False, seed: int = 0, n
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "ivf":
-        nlist = int(nlist or max(1, round(4 * math.sqrt(n))))
-        nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))  # faiss wants >= 39 points/centroid
+        if centroids is None:
+            centroids, settings = train_centroids(x, ivf_nlist(n, nlist), seed)
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.spherical = True
-        index.cp.niter = 10
-        index.cp.seed = seed
-        n_train = min(n, 40 * nlist)
-        index.cp.max_points_per_centroid = 40
-        rng = np.random.default_rng(seed)
-        train = x if n_train == n else x[np.sort(rng.choice(n, n_train, replace=False))]
-        settings.update(nlist=nlist, train_rows=int(n_train), kmeans_iters=10)
-        if gpu:
-            index = faiss.index_cpu_to_all_gpus(index)
-        index.train(train)
+        quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        index = faiss.IndexIVFFlat(quantizer, d, len(centroids), faiss.METRIC_INNER_PRODUCT)
+        index.is_trained = True  # the quantizer holds the trained centroids (faiss keeps a reference)
+        settings["nlist"] = len(centroids)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = max(40, 2 * hnsw_m)
         settings.update(hnsw_m=hnsw_m, ef_construction=index.hnsw.efConstruction)
     else:
         raise ValueError(f"unknown index kind {kind!r}")
-    if gpu and kind == "flat":
+    if gpu and kind in ("flat", "ivf"):
         index = faiss.index_cpu_to_all_gpus(index)
     for s in range(0, n, 262_144):
         index.add(x[s:s + 262_144])
@@ -169,7 +350,7 @@ class ReferenceIndex:
 
 
 class _Searcher:
-    """Builds the index, calibrates its search parameter, searches in batches."""
+    """Builds the index (IVF: trains the centroids), calibrates its search parameter, searches."""
 
     def __init__(self, x: np.ndarray, kind: str, k: int, threshold: float, target_recall: float,
                  use_gpu: bool, seed: int, nlist: int | None, hnsw_m: int,
@@ -188,68 +369,90 @@ class _Searcher:
         self.gpu = use_gpu and kind != "hnsw"  # faiss has no GPU HNSW
         self.seed = seed
         self.batch_size = batch_size
+        self.index = None
         self.settings: dict = {"index": kind, "device": "gpu" if self.gpu else "cpu"}
         t0 = time.perf_counter()
-        self.index = self._build(nlist, hnsw_m)
+        if kind == "ivf":
+            self.centroids, extra = train_centroids(x, ivf_nlist(self.n, nlist), seed)
+            self.settings.update(extra)
+        else:
+            self.index, extra = build_index(x, kind, gpu=self.gpu, seed=seed, hnsw_m=hnsw_m)
+            self.settings.update(extra)
         self.settings["build_seconds"] = round(time.perf_counter() - t0, 3)
         if kind in ("ivf", "hnsw"):
             t0 = time.perf_counter()
             self._calibrate(calibration_queries)
             self.settings["calibrate_seconds"] = round(time.perf_counter() - t0, 3)
 
-    # -- build -------------------------------------------------------------------------------
-    def _build(self, nlist: int | None, hnsw_m: int):
-        index, settings = build_index(self.x, self.kind, gpu=self.gpu, seed=self.seed, nlist=nlist, hnsw_m=hnsw_m)
-        self.settings.update(settings)
-        return index
-
     def _set_param(self, value: int) -> None:
         faiss = self.faiss
-        ps = faiss.GpuParameterSpace() if self.gpu else faiss.ParameterSpace()
-        name = "nprobe" if self.kind == "ivf" else "efSearch"
-        ps.set_index_parameter(self.index, name, int(value))
-        self.settings[name] = int(value)
+        if self.kind == "ivf":
+            self.nprobe = int(value)
+            if self.index is not None:
+                ps = faiss.GpuParameterSpace() if self.gpu else faiss.ParameterSpace()
+                ps.set_index_parameter(self.index, "nprobe", int(value))
+            self.settings["nprobe"] = int(value)
+            return
+        faiss.ParameterSpace().set_index_parameter(self.index, "efSearch", int(value))
+        self.settings["efSearch"] = int(value)
 
     # -- calibrate ---------------------------------------------------------------------------
-    def _calibrate(self, calibration_queries: int | None) -> None:
-        """Raise nprobe/efSearch until the index finds target_recall of the exact pairs."""
+    def _exact_pairs(self, calibration_queries: int | None) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """Exact duplicate pairs of a random sample of query rows, and the sample."""
         faiss, x, n = self.faiss, self.x, self.n
         # Exact search of q queries costs q*n*d: sample rows in chunks until the sample holds
-        # `min_pairs` exact pairs or the cost reaches ~2e9 comparisons (~15 s on 2 cores).
+        # `min_pairs` exact pairs or the cost reaches ~2e9 comparisons (~10 s on 2 cores).
         max_q = calibration_queries or int(min(n, 20_000, max(1_000, 2e9 // n)))
         max_q = min(n, max_q)
-        rng = np.random.default_rng(self.seed + 1)
-        perm = rng.permutation(n)[:max_q]
-        exact = faiss.IndexFlatIP(self.d)
+        perm = np.random.default_rng(self.seed + 1).permutation(n)[:max_q]
         if self.gpu:
-            exact = faiss.index_cpu_to_all_gpus(exact)
-        for s in range(0, n, 262_144):
-            exact.add(x[s:s + 262_144])
-        truth: set[tuple[int, int]] = set()
+            exact, _ = build_index(x, "flat", gpu=True)
+
+            def search(rows):
+                D, I = exact.search(x[rows], self.kk)
+                r, c = np.nonzero(_neighbours(D, I, rows, self.k) & (D >= self.threshold))
+                return rows[r], I[r, c]
+        else:
+            search = lambda rows: exact_pairs(x, rows, self.threshold, self.k)
+        truth: list[tuple[int, int]] = []
         q = 0
         while q < max_q and (calibration_queries or len(truth) < self.min_pairs):
-            chunk = perm[q:q + 1_000]
-            truth |= self._pairs(exact, chunk)
-            q += len(chunk)
-        qi = np.sort(perm[:q])
-        del exact
+            rows = np.sort(perm[q:q + 1_000])
+            a, b = search(rows)
+            truth += zip(a.tolist(), b.tolist())
+            q += len(rows)
+        return truth, np.sort(perm[:q])
+
+    def _calibrate(self, calibration_queries: int | None) -> None:
+        """Raise nprobe/efSearch until the index finds target_recall of the exact pairs."""
+        truth, qi = self._exact_pairs(calibration_queries)
         n_pairs = len(truth)
         if self.kind == "ivf":
             nlist = self.settings["nlist"]
             steps = [p for p in NPROBE_STEPS if p < nlist] + [nlist]
-            # probe at least a few cells even when the sample has no pairs to measure
-            fallback = min(nlist, 16)
+            fallback = min(nlist, IVF_NO_PAIRS_NPROBE)
+            if n_pairs:
+                # pair (q, j) is found at nprobe p iff j's cell is among q's p nearest centroids
+                a = np.array([t[0] for t in truth])
+                b = np.array([t[1] for t in truth])
+                cell_b = top_cells(self.x[b], self.centroids, 1)[:, 0]
+                sim_qc = self.x[a] @ self.centroids.T
+                rank = (sim_qc > sim_qc[np.arange(n_pairs), cell_b][:, None]).sum(axis=1)
+                measure = lambda p: float((rank < p).mean())
         else:
             steps = [e for e in EF_STEPS if e >= self.kk] or [self.kk]
             fallback = max(64, self.kk)
+            truth_set = set(truth)
+
+            def measure(ef: int) -> float:
+                self._set_param(ef)
+                return len(truth_set & self._pairs(qi)) / n_pairs
         chosen, recall, tried = None, None, []
         if n_pairs == 0:
             chosen = fallback
         else:
             for p in steps:
-                self._set_param(p)
-                found = self._pairs(self.index, qi)
-                recall = len(truth & found) / n_pairs
+                recall = measure(p)
                 tried.append((p, round(recall, 5)))
                 if recall >= self.target_recall:
                     chosen = p
@@ -257,26 +460,24 @@ class _Searcher:
             if chosen is None:
                 chosen = steps[-1]
             elif n_pairs < self.min_pairs and chosen != steps[-1]:
-                # a small sample cannot resolve 1% misses: take one step more (cheap: the
-                # coarse search, not the probed cells, dominates at small nprobe)
+                # a small sample cannot resolve 1% misses: take one step more
                 chosen = steps[steps.index(chosen) + 1]
-                self._set_param(chosen)
-                recall = len(truth & self._pairs(self.index, qi)) / n_pairs
+                recall = measure(chosen)
                 tried.append((chosen, round(recall, 5)))
         self._set_param(chosen)
         self.settings.update(
-            calibration_queries=int(q),
+            calibration_queries=int(len(qi)),
             calibration_pairs=int(n_pairs),
             measured_recall=None if recall is None else round(recall, 5),
             target_recall=self.target_recall,
             calibration_tried=tried,
         )
 
-    def _pairs(self, index, qi: np.ndarray) -> set[tuple[int, int]]:
+    def _pairs(self, qi: np.ndarray) -> set[tuple[int, int]]:
         out: set[tuple[int, int]] = set()
         for s in range(0, len(qi), self.batch_size):
             rows = qi[s:s + self.batch_size]
-            D, I = index.search(self.x[rows], self.kk)
+            D, I = self.index.search(self.x[rows], self.kk)
             m = _neighbours(D, I, rows, self.k) & (D >= self.threshold)
             r, c = np.nonzero(m)
             out.update(zip(rows[r].tolist(), I[r, c].tolist()))
@@ -285,12 +486,25 @@ class _Searcher:
     # -- search ------------------------------------------------------------------------------
     def search_all(self):
         """Nearest other row + sim, repeat count, and all pairs >= threshold, for every row."""
+        t0 = time.perf_counter()
+        if self.kind == "ivf" and not self.gpu:
+            cells = top_cells(self.x, self.centroids, self.nprobe)
+            self.settings["assign_seconds"] = round(time.perf_counter() - t0, 3)
+            t1 = time.perf_counter()
+            nearest, nearest_sim, src, dst, sim = ivf_self_join(
+                self.x, cells, len(self.centroids), self.threshold, self.k)
+            self.settings["join_seconds"] = round(time.perf_counter() - t1, 3)
+            self.settings["search_seconds"] = round(time.perf_counter() - t0, 3)
+            repeat = np.bincount(src, minlength=self.n).astype(np.int32)
+            return nearest, np.clip(nearest_sim, -1.0, 1.0), repeat, src, dst, np.clip(sim, -1.0, 1.0)
+        if self.kind == "ivf":  # GPU: a faiss IVF index with the same centroids and nprobe
+            self.index, _ = build_index(self.x, "ivf", gpu=True, centroids=self.centroids)
+            self._set_param(self.nprobe)
         n = self.n
         nearest = np.full(n, -1, dtype=np.int64)
         nearest_sim = np.full(n, np.nan, dtype=np.float32)
         repeat = np.zeros(n, dtype=np.int32)
         src, dst, sim = [], [], []
-        t0 = time.perf_counter()
         for s in range(0, n, self.batch_size):
             rows = np.arange(s, min(n, s + self.batch_size))
             D, I = self.index.search(self.x[rows], self.kk)

@@ -1,8 +1,9 @@
 """Prefect flow for `roost build`: thin wiring over roost.build.
 
-Shards run one after another in this process because they share its engines. To spread
-them over machines, run `build_shard` with a Ray or Dask task runner: each shard is
-independent (its own seed, its own files).
+Shards run one after another in this process because they share its engines; with the
+recipe's `executor: {kind: ray}` (`roost build --ray ADDRESS`) one task hands them to Ray
+workers instead, each holding one engine (roost.ray_executor). Either way each shard is
+independent (its own seed, its own files) and the manifest is finished here.
 """
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ def build_shard(recipe: Recipe, out: str, index: int) -> dict:
     return work.run_shard(recipe, out, index).__dict__
 
 
+@task(name="build-shards-on-ray", cache_policy=NO_CACHE)
+def build_shards_on_ray(recipe: Recipe, out: str, pending: list[int], num_shards: int) -> dict:
+    from roost.ray_executor import run_on_ray
+
+    return run_on_ray(recipe, out, pending, num_shards)
+
+
 @flow(name="roost-build", log_prints=True)
 def build_flow(recipe: Recipe, out: str) -> dict:
     shards = work.preflight(recipe, out)
@@ -26,9 +34,15 @@ def build_flow(recipe: Recipe, out: str) -> dict:
     skipped = len(shards) - len(pending)
     if skipped:
         print(f"resuming: {skipped} finished shard(s) kept, {len(pending)} to build")
-    for index in pending:
-        build_shard(recipe, out, index)
+    executor = None
+    if recipe.executor.kind == "ray" and pending:
+        executor = build_shards_on_ray(recipe, out, pending, len(shards))
+    else:
+        for index in pending:
+            build_shard(recipe, out, index)
     manifest = work.finish_manifest(recipe, out, len(shards))
     manifest["skipped_shards"] = skipped
+    if executor:
+        manifest["executor"] = executor  # the CLI's summary (not written: where shards ran is not provenance)
     artifacts.publish(manifest, out)
     return manifest

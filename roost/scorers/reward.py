@@ -121,6 +121,8 @@ def choose_backend(config: RewardModelConfig, hf_config, device: str) -> tuple[s
 
         return not custom and vllm_supports_classifier(archs)
 
+    if config.server is not None:  # backend auto or server (RewardModelConfig checks)
+        return "server", f"configured: the vLLM server at {config.server.url}"
     if config.backend == "transformers":
         return "transformers", "configured"
     if config.backend == "vllm":
@@ -178,7 +180,13 @@ class _Backend:
         if dtype == "auto" and self.device == "cpu":
             dtype = "float32"
         self.dtype_requested = dtype
-        if self.name == "vllm":
+        if self.name == "server":
+            from roost.engines.server_engine import ServerClassifier
+
+            self.engine = ServerClassifier(config, pad_token_id=self.pad_token_id)
+            limits = [v for v in (max_len, self.engine.max_model_len) if v]
+            self.max_model_len = int(min(limits)) if limits else 4096
+        elif self.name == "vllm":
             from roost.engines.vllm_pooling import VLLMPoolingEngine
 
             self.engine = VLLMPoolingEngine(config, dtype=dtype, max_model_len=max_len, pad_token_id=self.pad_token_id)
@@ -204,7 +212,7 @@ class _Backend:
             progress: str | None) -> list[tuple[float | None, list[float]]]:
         if not encoded:
             return []
-        if self.name == "vllm":
+        if self.name in ("vllm", "server"):
             return [(None, o) for o in self.engine.classify(encoded, progress=progress)]
         return self.engine.forward_ids(encoded, batch_size=config.batch_size,
                                        max_batch_tokens=config.max_batch_tokens, progress=progress)

@@ -10,6 +10,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from roost.config import throughput
+from roost.engines.config import ServerConfig
 from roost.stages.base import STAGES, Annotation, Annotator, StageConfig
 
 
@@ -22,6 +23,10 @@ class DeitaConfig(StageConfig):
     overflow: Literal["truncate", "null"] = "truncate"
     backend: Literal["auto", "vllm", "transformers"] = throughput("auto")  # same scores either way (< 1e-4)
     batch_size: int = throughput(2048, ge=1)  # conversations per engine call
+    # a vLLM server serving complexity_model (and quality_model, unless quality_server is set);
+    # where the scorer runs is not part of the fingerprint (same scores, < 1e-4)
+    server: ServerConfig | None = throughput(None)
+    quality_server: ServerConfig | None = throughput(None)
 
 
 @STAGES.register
@@ -37,6 +42,11 @@ class Deita(Annotator):
 
         for model in {config.complexity_model, config.quality_model}:
             ensure_available(model)
+        for model, server in self._servers():
+            if server is not None:  # down, not vLLM, another model: one line now, before any row is read
+                from roost.engines.server_engine import check_server
+
+                check_server(server, model)
         self.batch_size = config.batch_size
         self._scorers: tuple | None = None
         self.info: dict[str, Any] = {}
@@ -57,14 +67,20 @@ class Deita(Annotator):
 
             cfg = self.config
             made: dict[str, DeitaScorer] = {}
-            for role, model in (("complexity", cfg.complexity_model), ("quality", cfg.quality_model)):
+            for role, (model, server) in zip(("complexity", "quality"), self._servers()):
                 if model not in made:  # one model for both scores: one scorer, one engine call per batch
                     engine = get_scoring_engine(
-                        EngineConfig(model=model, dtype=cfg.dtype, max_model_len=cfg.max_model_len), cfg.backend)
+                        EngineConfig(model=model, dtype=cfg.dtype, max_model_len=cfg.max_model_len, server=server),
+                        cfg.backend)
                     made[model] = DeitaScorer(engine, overflow=cfg.overflow)
                 self.info[role] = {**made[model].engine.describe(), **made[model].settings()}
             self._scorers = (made[cfg.complexity_model], made[cfg.quality_model])
         return self._scorers
+
+    def _servers(self) -> list[tuple[str, ServerConfig | None]]:
+        """(model, server) for complexity and quality."""
+        cfg = self.config
+        return [(cfg.complexity_model, cfg.server), (cfg.quality_model, cfg.quality_server or cfg.server)]
 
     def annotate(self, rows) -> list[Annotation]:
         complexity, quality = self.scorers()

@@ -34,6 +34,10 @@ class Reward(Annotator):
         from roost.engines import ensure_available
 
         ensure_available(config.model.model, config.model.revision)
+        if config.model.server is not None:  # down, not vLLM, another model, not a classifier: one line now
+            from roost.engines.server_engine import check_server
+
+            check_server(config.model.server, config.model.model, need="classify")
         self.batch_size = max(config.model.batch_size, 256)
         self._scorer = None
 

@@ -15,7 +15,9 @@ from roost.stages.exact_dedup import View
 class SemanticDedupConfig(StageConfig):
     kind: Literal["semantic_dedup"]
     view: View = "auto"
-    threshold: float = Field(0.9, gt=0, le=1)  # cosine similarity at or above which rows duplicate
+    # cosine similarity at or above which rows duplicate; default: the embedding model's own
+    # (0.9 for MiniLM, the mapped value for static embeddings: roost.embeddings.dedup_threshold)
+    threshold: float | None = Field(None, gt=0, le=1)
     k: int = Field(16, ge=1)
     index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
 
@@ -39,6 +41,15 @@ class SemanticDedup(SetStage):
     def refs(self) -> set[str]:
         return {"nearest_id"}
 
+    @property
+    def threshold(self) -> float:
+        if self.config.threshold is not None:
+            return self.config.threshold
+        from roost.embeddings import dedup_threshold
+
+        cfg = self.context.recipe.embedding
+        return dedup_threshold(cfg.model, cfg.kind)
+
     def run(self, s: Survivors) -> SetDecision:
         from roost.filters.semantic_dedup import semantic_dedup
 
@@ -46,7 +57,7 @@ class SemanticDedup(SetStage):
         n = len(s)
         priority = self.context.priority(s)
         result = semantic_dedup(
-            s.features[Embedding(self.view)], [str(i) for i in range(n)], threshold=cfg.threshold,
+            s.features[Embedding(self.view)], [str(i) for i in range(n)], threshold=self.threshold,
             scores=None if priority is None else [None if np.isnan(v) else float(v) for v in priority],
             k=cfg.k, index=cfg.index,
         )
@@ -68,4 +79,4 @@ class SemanticDedup(SetStage):
         )
 
     def detail(self, reason: str, measure: float) -> str:
-        return f"cosine {measure:.4f} >= {self.config.threshold}"
+        return f"cosine {measure:.4f} >= {self.threshold}"

@@ -1,7 +1,9 @@
 """Reward-ranked preference pairs (iterative DPO with a reward model: RLHFlow, iLR-DPO, MPO).
 
 For each prompt: K responses from the policy in one request (`n=K`), every response scored
-by a reward model, and the ranking turned into pairs:
+by a reward model (or, UltraFeedback style, by an LLM judge's 1-5 score: `scorer: {kind: judge}`,
+roost.judges.absolute; ties are then common and fall under `margin`), and the ranking turned
+into pairs:
 - `best_worst` (default): the best vs the worst response;
 - `best_random`: the best vs a random other response (seeded, reproducible);
 - `all_above_margin`: every pair whose score gap is above `margin`.
@@ -24,10 +26,10 @@ from collections import Counter
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from roost.config import SamplingConfig, Strict
-from roost.engines.config import RewardModelConfig
+from roost.engines.config import EngineConfig, RewardModelConfig
 from roost.schemas import PREFERENCE_ROWS, row_id
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, SynthesizerConfig
 from roost.synthesizers.prompted import RESPONSE_RULES, SAMPLED, PromptedSynthesizer, PromptSource
@@ -59,16 +61,48 @@ class Difficulty(Strict):
     subsets: bool = False  # also write easy/ and hard/ subsets (Hub configs) at the end
 
 
+class JudgeScorer(Strict):
+    """An absolute LLM judge (Prometheus style, 1-5) in the reward model's place."""
+
+    kind: Literal["judge"] = "judge"
+    model: EngineConfig | None = None  # None: the policy judges its own samples
+    template: str | None = None  # a file with {instruction}, {response}, {rubric}
+    rubric: str | None = None  # a rubric file
+    max_tokens: int = Field(1024, ge=1)
+    max_feedback_chars: int | None = Field(1000, ge=1)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        return {"model": value} if isinstance(value, str) else value
+
+    @field_validator("template", "rubric")
+    @classmethod
+    def _readable(cls, path: str | None, info: ValidationInfo) -> str | None:
+        from roost.judges.absolute import load_rubric, load_template
+
+        if path is not None:
+            (load_template if info.field_name == "template" else load_rubric)(path)
+        return path
+
+
 class RewardPairsConfig(SynthesizerConfig):
     kind: Literal["reward_pairs"] = "reward_pairs"
     prompts: PromptSource
     k: int = Field(4, ge=2, le=64)  # responses per prompt
     sampling: SamplingConfig = SamplingConfig(temperature=0.8, top_p=1.0, max_tokens=1024)
-    reward_model: RewardModelConfig
+    reward_model: RewardModelConfig | None = None
+    scorer: JudgeScorer | None = None  # instead of reward_model: an LLM judge's score ranks the responses
     pair_rule: Literal["best_worst", "best_random", "all_above_margin"] = "best_worst"
     margin: float = Field(0.0, ge=0)  # gaps at or below this are ties
     length_penalty: float = Field(0.0, ge=0)  # rank by reward - length_penalty * tokens
     difficulty: Difficulty = Difficulty()
+
+    @model_validator(mode="after")
+    def _one_scorer(self) -> "RewardPairsConfig":
+        if (self.reward_model is None) == (self.scorer is None):
+            raise ValueError("set reward_model or scorer (an LLM judge), one of the two")
+        return self
 
 
 @SYNTHESIZERS.register
@@ -84,8 +118,12 @@ class RewardPairs(PromptedSynthesizer):
         from roost.scorers.reward import _hf_config, check_reward_head
 
         rm = self.config.reward_model
-        ensure_available(rm.model, rm.revision)
-        check_reward_head(_hf_config(rm), rm.model, rm.trust_remote_code)
+        if rm is None:
+            judge = self.config.scorer.model or self.recipe.model
+            ensure_available(judge.model, judge.revision)
+        else:
+            ensure_available(rm.model, rm.revision)
+            check_reward_head(_hf_config(rm), rm.model, rm.trust_remote_code)
         if self.config.prompts.path:
             self.source()
 
@@ -167,7 +205,8 @@ class RewardPairs(PromptedSynthesizer):
                 "all_scores": [r.value if r is not None else None for r in rewards],
                 "all_tokens": [t for _, t, _ in group], "all_responses": [t for t, _, _ in group],
                 "pair_rule": cfg.pair_rule, "model_revision": self._revisions()["model"],
-                "reward_model": cfg.reward_model.model, "reward_model_revision": self._revisions()["reward_model"],
+                "reward_model": (cfg.reward_model or cfg.scorer.model or self.recipe.model).model,
+                "reward_model_revision": self._revisions()["reward_model"],
                 "sampling": {**cfg.sampling.model_dump(), "n": cfg.k, "seed": shard.seed},
             })
         return rows, None
@@ -175,6 +214,20 @@ class RewardPairs(PromptedSynthesizer):
     # -- models -------------------------------------------------------------------------------
 
     def _reward(self):
+        """The reward model's scorer, or the judge's (`score(conversations)` -> Reward each)."""
+        if self.config.scorer is not None:
+            if getattr(self, "_judge_scorer", None) is None:
+                from roost.engines import get_engine
+                from roost.judges.absolute import AbsoluteJudge, JudgeRewardScorer, load_rubric, load_template
+
+                cfg = self.config.scorer
+                engine = get_engine(cfg.model) if cfg.model is not None else self._policy()
+                self._judge_scorer = JudgeRewardScorer(AbsoluteJudge(
+                    engine, load_template(cfg.template) if cfg.template else None,
+                    load_rubric(cfg.rubric) if cfg.rubric else None, max_tokens=cfg.max_tokens,
+                    max_feedback_chars=cfg.max_feedback_chars, template_source=cfg.template,
+                    rubric_source=cfg.rubric, progress="judge"))
+            return self._judge_scorer
         from roost.scorers.reward import get_reward_scorer
 
         return get_reward_scorer(self.config.reward_model)
