@@ -1,5 +1,7 @@
 """Semantic dedup: chosen index (build + calibrate + search) vs exact flat search.
 
+IVF on CPU is roost's self-join by cell (see roost.filters.semantic_dedup), timed by phase.
+
 Data: synthetic 384-d unit vectors, clustered (like sentence embeddings: same-topic rows at
 cosine ~0.4), with planted near-duplicate pairs (cosine 0.88-0.99, so some fall just under the
 0.9 threshold) on 5% of rows. Recall = duplicate pairs (sim >= threshold within exact top-k)
@@ -71,10 +73,12 @@ def main():
         r = semantic_dedup(x, ids, threshold=a.threshold, k=a.k)
         t_auto = time.perf_counter() - t0
         s = r.settings
-        print(f"auto -> {s['index']}: total {t_auto:.1f}s (build {s.get('build_seconds')}s, "
-              f"calibrate {s.get('calibrate_seconds')}s, search {s.get('search_seconds')}s, "
-              f"select {s.get('select_seconds')}s)")
-        print(f"  params: nlist={s.get('nlist')} nprobe={s.get('nprobe')} calibration: "
+        print(f"auto -> {s['index']}: total {t_auto:.1f}s (build = k-means {s.get('build_seconds')}s, "
+              f"calibrate {s.get('calibrate_seconds')}s, search {s.get('search_seconds')}s "
+              f"[assign {s.get('assign_seconds')}s + self-join {s.get('join_seconds')}s], "
+              f"select {s.get('select_seconds')}s; load avg {os.getloadavg()[0]:.1f})")
+        print(f"  params: nlist={s.get('nlist')} (k-means on {s.get('train_rows')} rows, {s.get('kmeans_iters')} "
+              f"iterations) nprobe={s.get('nprobe')} calibration: "
               f"{s.get('calibration_queries')} queries, {s.get('calibration_pairs')} pairs, "
               f"recall {s.get('measured_recall')} tried {s.get('calibration_tried')}")
         print(f"  removed {int((~r.keep).sum()):,} of {n:,}")
@@ -93,7 +97,8 @@ def main():
         recall = len(truth & found) / max(1, len(truth))
         print(f"exact flat search: {t_flat:.1f}s ({note})")
         print(f"  speedup flat/auto = {t_flat / t_auto:.1f}x; recall of exact duplicate pairs = "
-              f"{recall:.4f} ({len(truth & found)}/{len(truth)} pairs of {len(q):,} query rows)")
+              f"{recall:.4f} ({len(truth & found)}/{len(truth)} pairs of {len(q):,} query rows); "
+              f"load avg {os.getloadavg()}")
         del x, r
 
 

@@ -88,6 +88,8 @@ def test_template_placeholders_schema_and_unreadable_answers(tmp_path):
     # what structured output cannot rule out is read as unreadable, with the reason, never as a default
     cut = read_answer('{"feedback":"Fine, but', "length", schema, 8)
     assert cut.value is None and cut.code == "truncated" and "max_tokens (8)" in cut.reason
+    end = read_answer('{"feedback":"Fine, but', "length", schema, 512, n_tokens=300, prompt_tokens=724, context=1024)
+    assert end.code == "context_overflow" and "end of the model's context (1024 tokens: 724 of question, 300" in end.reason
     assert read_answer('{"feedback":"Fine."', "stop", schema, 64).code == "not_json"
     bad = read_answer('{"feedback":"Fine.","score":7}', "stop", schema, 64)
     assert bad.code == "schema_mismatch" and "at score: 7 is greater than the maximum of 5" in bad.reason

@@ -212,7 +212,7 @@ class VLLMEngine:
         else:
             # Reseeded calls leave stop strings to `_cut_at_stop_strings`: vLLM's are timing-dependent.
             params = [_to_vllm(s, stop_strings=not reseed) for s in samplings]
-        with self._lock, _refused_as_model_error(self.model, samplings):
+        with self._lock, _refused_as_model_error(self, samplings):
             token_prompts = self._token_prompts(prompts)
             if reseed:
                 outputs = self._generate_reseeded(token_prompts, params, seed, _progress_bar(progress))
@@ -303,7 +303,7 @@ def _check_seed(seed: int) -> None:
 
 
 @contextmanager
-def _refused_as_model_error(model: str, samplings: Sequence[Sampling]):
+def _refused_as_model_error(engine, samplings: Sequence[Sampling]):
     """vLLM refusing a structured-output request (a schema its backend cannot compile) is a
     one-line ModelError; anything else goes up unchanged."""
     if not any(s.structured for s in samplings):
@@ -317,6 +317,7 @@ def _refused_as_model_error(model: str, samplings: Sequence[Sampling]):
         yield
     except VLLMValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        model = getattr(engine, "model", "?")
         raise ModelError(f"model '{model}': vLLM refused the structured-output request ({first})") from None
 
 

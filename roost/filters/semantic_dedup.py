@@ -37,7 +37,7 @@ Tags for every row (Magpie's diversity tags, `tags` of the result)
 Index
 -----
 `index="auto"`: exact `IndexFlatIP` up to `FLAT_MAX_ROWS` rows, else IVF (inner product,
-spherical k-means, nlist ~ sqrt(n)). For an approximate index (`"ivf"` or `"hnsw"`) the
+spherical k-means, nlist = 4*sqrt(n)). For an approximate index (`"ivf"` or `"hnsw"`) the
 search parameter (nprobe / efSearch) is *calibrated at build time*: a random sample of rows is
 searched exactly, and the parameter is raised until the approximate index finds >=
 `target_recall` (0.99) of the exact duplicate pairs (sim >= threshold within the exact top-k)
@@ -83,14 +83,16 @@ FLAT_MAX_ROWS = 50_000
 NPROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 EF_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
-# IVF. Cost of the self-join ~ n*d*(nlist + nprobe*n/nlist) multiply-adds (coarse assignment +
-# cell products), least at nlist ~ sqrt(nprobe*n); bench/bench_dedup.py measured 1M rows at
-# nlist = sqrt(n) and 2*sqrt(n). k-means trains on IVF_TRAIN_PER_CENTROID sampled rows per
-# centroid (faiss wants >= 39) for IVF_KMEANS_ITERS rounds: cells only need to be coherent, the
-# calibrated nprobe absorbs the rest.
-IVF_NLIST_PER_SQRT_N = 1.0
-IVF_TRAIN_PER_CENTROID = 40
-IVF_KMEANS_ITERS = 10
+# IVF. The self-join costs ~n*d*(nlist + nprobe*n/nlist) multiply-adds (assignment + cell
+# products) and k-means IVF_TRAIN_PER_CENTROID*nlist*nlist*d per iteration. With the products
+# done by BLAS the scan is cheap, so what decides is how few cells a pair straddles: on
+# bench_dedup's 1M clustered rows (5,000 clusters) nlist = sqrt(n) needed nprobe 24 for 0.99
+# recall, 2*sqrt(n) nprobe 8-12, 4*sqrt(n) nprobe 2-3. A well-trained k-means matters as much:
+# at 4*sqrt(n), 40 points per centroid and 10 iterations gave 0.996 recall at nprobe 1, 5
+# iterations 0.98, 16 points x 8 iterations 0.977 (and 0.992 only at nprobe 6).
+IVF_NLIST_PER_SQRT_N = 4.0
+IVF_TRAIN_PER_CENTROID = 40  # faiss wants >= 39
+IVF_KMEANS_ITERS = 6
 IVF_NO_PAIRS_NPROBE = 8  # when the calibration sample holds no duplicate pair to measure
 _BLOCK_ELEMENTS = 1 << 22  # similarity block of a cell product: 16 MB of float32
 
@@ -136,7 +138,7 @@ def _neighbours(D: np.ndarray, I: np.ndarray, rows: np.ndarray, k: int):
 
 
 def ivf_nlist(n: int, nlist: int | None = None) -> int:
-    """Number of IVF cells for n rows (default ~sqrt(n)), capped at n/39 (faiss' k-means floor)."""
+    """Number of IVF cells for n rows (default 4*sqrt(n)), capped at n/39 (faiss' k-means floor)."""
     nlist = int(nlist or max(1, round(IVF_NLIST_PER_SQRT_N * math.sqrt(n))))
     return max(1, min(nlist, n // 39 if n >= 39 else 1))
 

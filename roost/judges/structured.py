@@ -8,10 +8,11 @@ The taggers (roost.judges.tags) and the absolute judge (roost.judges.absolute) s
 - every question of a batch goes to the engine in one call, seeded (`seed`: on CPU the call's
   batches are then fixed, see roost.engines.vllm_engine);
 - an answer that cannot be read is None with a reason, never a default: a question longer than
-  the model's context (`context_overflow`), an answer cut at `max_tokens` before its JSON
-  closed (`truncated`), text that is not JSON (`not_json`) or JSON the schema refuses
-  (`schema_mismatch`; the last two should not happen under structured output, and are
-  checked anyway, with `jsonschema`, so a backend that drifts is caught, not trusted).
+  the model's context, or an answer cut by the context's end (`context_overflow`), an answer
+  cut at `max_tokens` before its JSON closed (`truncated`), text that is not JSON (`not_json`)
+  or JSON the schema refuses (`schema_mismatch`; the last two should not happen under
+  structured output, and are checked anyway, with `jsonschema`, so a backend that drifts is
+  caught, not trusted).
 """
 from __future__ import annotations
 
@@ -77,11 +78,16 @@ def _validator(schema_json: str):
     return validator_for(schema)(schema)
 
 
-def read_answer(text: str, finish_reason: str, schema_json: str, max_tokens: int) -> Answer:
-    """The answer as a dict, or None with the reason (see the module doc)."""
+def read_answer(text: str, finish_reason: str, schema_json: str, max_tokens: int, *, n_tokens: int | None = None,
+                prompt_tokens: int | None = None, context: int | None = None) -> Answer:
+    """The answer as a dict, or None with the reason (see the module doc). With the token counts
+    and the context length, an answer cut by the context's end says so."""
     if finish_reason == "length":
-        return Answer(None, f"answer cut at max_tokens ({max_tokens}) or the context end before its JSON "
-                            f"was complete ({len(text)} characters)", "truncated")
+        if n_tokens is not None and n_tokens < max_tokens and prompt_tokens is not None and context:
+            return Answer(None, f"answer cut at the end of the model's context ({context} tokens: {prompt_tokens} of "
+                                f"question, {n_tokens} of answer) before its JSON was complete", "context_overflow")
+        return Answer(None, f"answer cut at max_tokens ({max_tokens}) before its JSON was complete "
+                            f"({len(text)} characters)", "truncated")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -108,7 +114,7 @@ class StructuredAsker:
             name = getattr(self.tokenizer, "name_or_path", getattr(engine, "model", "the model"))
             raise ModelError(f"{seed_name}: {name} has no chat template to ask its questions with")
         self._encode = getattr(engine, "encode", None) or _encode_with(self.tokenizer)
-        limit = engine_max_model_len(engine)
+        self.context = limit = engine_max_model_len(engine)
         self.max_prompt_tokens = limit - 1 if limit else None  # at least one token is generated
         self.seed = derive_seed("roost-structured", seed_name)
         self.progress = progress
@@ -142,7 +148,8 @@ class StructuredAsker:
             gens = self.engine.generate(prompts, samplings, seed=self.seed, **kwargs)
             for i, s, gen in zip(where, samplings, gens):
                 c = gen.completions[0]
-                out[i] = read_answer(c.text, c.finish_reason, s.json_schema, self.max_tokens)
+                out[i] = read_answer(c.text, c.finish_reason, s.json_schema, self.max_tokens, n_tokens=c.n_tokens,
+                                     prompt_tokens=gen.prompt_tokens, context=self.context)
         return out  # type: ignore[return-value]
 
     def describe(self) -> dict[str, Any]:
