@@ -19,7 +19,9 @@ bench: setup
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_step_dpo.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_embed.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_dedup.py
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_static_dedup.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_curate_memory.py
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_curate_memory.py --rows 1000000 --static
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_curate_resume.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_report.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_server.py

