@@ -15,8 +15,11 @@ the recipe's embedding model, default all-MiniLM-L6-v2):
            (Python, imports, Prefect), which is in every figure above too.
 
 Prints absolute times, resumed / fresh, the load average beside each figure, and checks the
-resumed output equals the fresh one (ids, columns, values). With two or more row counts it
-fits time = a + b * rows to fresh and resumed and extrapolates the ratio to 1M rows.
+resumed output equals the fresh one (ids, columns, values). Then extrapolates each run to 1M
+rows per part, not by a fit across runs (the load of a shared machine swings between runs):
+the CLI's fixed cost stays, semantic dedup takes --dedup-1m-seconds (IVF at 1M rows,
+bench_dedup.py's figure on these machines), everything else scales with rows at the rate
+this run measured.
 
     python bench/bench_curate_resume.py --rows 20000 50000
     python bench/bench_curate_resume.py --rows 200000 1000000 --model static
@@ -134,45 +137,44 @@ def bench(rows: int, model: str | None, tmp: Path) -> dict:
     resumed_s, resumed_load = run(cmd(tmp / f"out-{rows}"), env)
     noop_s, noop_load = run(cmd(tmp / f"out-{rows}"), env)
     m = json.loads((tmp / f"out-{rows}" / "manifest.json").read_text())
+    dedup = [x["cache"]["entries"]["02-semantic_dedup"] for x in (fresh, m)]
     emb = m["cache"]["entries"]["embedding-first_instruction"]
     assert emb["status"] == "hit" and emb["embedded"] == 0, emb
     same = rows_of(tmp / f"out-{rows}") == rows_of(tmp / f"fresh-{rows}")
     return {"rows": rows, "fresh": fresh_s, "fresh_load": fresh_load, "killed_at": killed_s, "killed_load": killed_load,
             "resumed": resumed_s, "resumed_load": resumed_load, "noop": noop_s, "noop_load": noop_load,
             "embed": fresh["cache"]["entries"]["embedding-first_instruction"]["seconds"], "same": same,
+            "dedup_fresh": dedup[0].get("seconds") or 0.0, "dedup_resumed": dedup[1].get("seconds") or 0.0,
             "kept": m["rows"], "statuses": {n: e["status"] for n, e in m["cache"]["entries"].items()}}
 
 
-def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return my - b * mx, b
+def at_1m(r: dict, dedup_1m: float) -> tuple[float, float]:
+    """fresh and resumed seconds at 1M rows: fixed cost + per-row rest x 1M + dedup at 1M."""
+    n = 1_000_000
+    fresh = r["noop"] + (r["fresh"] - r["noop"] - r["dedup_fresh"]) / r["rows"] * n + dedup_1m
+    resumed = r["noop"] + (r["resumed"] - r["noop"] - r["dedup_resumed"]) / r["rows"] * n + dedup_1m
+    return fresh, resumed
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[20_000, 50_000])
     ap.add_argument("--model", default=None, help="embedding model (default: all-MiniLM-L6-v2; 'static': model2vec)")
+    ap.add_argument("--dedup-1m-seconds", type=float, default=145.0, help="semantic dedup of 1M rows (IVF), for the 1M estimate")
     args = ap.parse_args()
     print(f"cpus={os.cpu_count()}  model={args.model or 'all-MiniLM-L6-v2'}  load average 1/5/15 min shown beside each figure")
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
         for rows in args.rows:
             r = bench(rows, args.model, Path(tmp))
-            results.append(r)
             print(f"rows={rows:>8,}  fresh {r['fresh']:7.1f} s (load {r['fresh_load']}; embedding {r['embed']:.1f} s)  "
                   f"killed at {r['killed_at']:6.1f} s  resumed {r['resumed']:6.1f} s (load {r['resumed_load']})  "
                   f"ratio {r['resumed'] / r['fresh']:.3f}  [CLI fixed cost {r['noop']:.1f} s]  "
                   f"same output: {'yes' if r['same'] else 'NO'}  kept {r['kept']:,}", flush=True)
-            print(f"    resumed run's cache: {r['statuses']}", flush=True)
-    if len(results) >= 2:
-        xs = [r["rows"] for r in results]
-        fa, fb = fit(xs, [r["fresh"] for r in results])
-        ra, rb = fit(xs, [r["resumed"] for r in results])
-        for n in (200_000, 1_000_000):
-            print(f"linear fit, {n:,} rows: fresh ~ {fa + fb * n:,.0f} s, resumed ~ {ra + rb * n:,.0f} s, "
-                  f"ratio ~ {(ra + rb * n) / (fa + fb * n):.3f}  (fresh {fb * 1e3:.2f} ms/row, resumed {rb * 1e3:.2f} ms/row)")
+            print(f"    semantic dedup {r['dedup_fresh']:.1f} s fresh, {r['dedup_resumed']:.1f} s resumed; "
+                  f"resumed run's cache: {r['statuses']}", flush=True)
+            f1m, r1m = at_1m(r, args.dedup_1m_seconds)
+            print(f"    at 1M rows, from this run's rates: fresh ~ {f1m:,.0f} s, resumed ~ {r1m:,.0f} s, "
+                  f"ratio ~ {r1m / f1m:.3f}", flush=True)
 
 
 if __name__ == "__main__":

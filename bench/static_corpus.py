@@ -165,7 +165,6 @@ def plant_near_duplicates(texts: list[str], frac: float = 0.12, seed: int = 0) -
     src = rng.sample(range(len(texts)), int(len(texts) * frac))
     copies = [near_duplicate(texts[i], rng) for i in src]
     allt = texts + copies
-    origin = list(range(len(texts))) + src
     order = list(range(len(allt)))
     rng.shuffle(order)
     pos = {old: new for new, old in enumerate(order)}

@@ -127,7 +127,8 @@ class CurateRecipe(Strict):
         contents = {}
         for i, stage in enumerate(self.stages):  # files a stage reads (benchmark sets, templates)
             contents.update({f"stages[{i}].{k}": v for k, v in getattr(stage, "contents", lambda: {})().items()})
-        return fingerprint(self, contents=contents)
+        seen = self.model_copy(update={"stages": [stage.as_fingerprinted(self) for stage in self.stages]})
+        return fingerprint(seen, contents=contents)
 
 
 def _stage_list(raw: list[dict]) -> list:

@@ -291,3 +291,19 @@ def _yaml(tmp_path, data) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def test_spelling_out_the_default_dedup_threshold_is_the_same_recipe():
+    """The threshold's default depends on the embedding (0.9 MiniLM, 0.94 static): writing that
+    default out keeps the fingerprint an output was curated under; any other value changes it."""
+    from roost.recipe import CurateRecipe, validate
+
+    def fp(embedding: dict, threshold: float | None) -> str:
+        dedup = {"kind": "semantic_dedup"} | ({"threshold": threshold} if threshold is not None else {})
+        raw = {"embedding": embedding, "stages": [{"kind": "heuristics"}, {"kind": "exact_dedup"}, dedup]}
+        return validate(CurateRecipe, raw, "t").fingerprint()
+
+    minilm, static = {}, {"model": "static"}
+    assert fp(minilm, 0.9) == fp(minilm, None) == validate(CurateRecipe, {}, "t").fingerprint()
+    assert fp(static, 0.94) == fp(static, None) != fp(minilm, None)
+    assert fp(minilm, 0.94) != fp(minilm, None) and fp(static, 0.9) != fp(static, None)

@@ -32,6 +32,12 @@ __all__ = ["Annotation", "Annotator", "Digest", "Drop", "Embedding", "RowFilter"
 class StageConfig(Strict):
     kind: str
 
+    def as_fingerprinted(self, recipe: Any) -> "StageConfig":
+        """This config as the recipe fingerprint sees it: a stage whose default depends on the
+        recipe (the dedup threshold on the embedding model) returns itself with a setting equal
+        to that default put back to the default, so spelling the default out is the same recipe."""
+        return self
+
 
 @dataclass(frozen=True)
 class Digest:

@@ -21,6 +21,13 @@ class SemanticDedupConfig(StageConfig):
     k: int = Field(16, ge=1)
     index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
 
+    def as_fingerprinted(self, recipe) -> "SemanticDedupConfig":
+        from roost.embeddings import dedup_threshold
+
+        if self.threshold is not None and self.threshold == dedup_threshold(recipe.embedding.model, recipe.embedding.kind):
+            return self.model_copy(update={"threshold": None})
+        return self
+
 
 @STAGES.register
 class SemanticDedup(SetStage):
