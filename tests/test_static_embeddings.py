@@ -135,3 +135,18 @@ def test_curation_with_static_embeddings(tmp_path, roost_cache):
     assert (qs[3] in kept) == (STATIC_DEDUP_THRESHOLD > 0.904)
     rejects = [r for f in sorted((tmp_path / "out" / "rejects").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert any(r.get("reason") == "semantic_duplicate" for r in rejects)
+
+
+def test_cached_static_embeddings_are_keyed_by_what_the_distilled_model_is_made_of(monkeypatch):
+    """A resumed curation reads cached embeddings only if the static model would be the same:
+    the source model's bytes, the PCA size and the model2vec version are in the key."""
+    from roost import embeddings, stage_cache
+    from roost.recipe import CurateRecipe, validate
+
+    static = validate(CurateRecipe, {"embedding": {"model": "static"}}, "t")
+    minilm = validate(CurateRecipe, {}, "t")
+    base = stage_cache.embedding_identity(static)
+    assert base["static"]["source"] and base["static"]["model2vec"]
+    assert base == stage_cache.embedding_identity(static) != stage_cache.embedding_identity(minilm)
+    monkeypatch.setattr(embeddings, "STATIC_PCA_DIMS", embeddings.STATIC_PCA_DIMS // 2)
+    assert stage_cache.embedding_identity(static) != base
