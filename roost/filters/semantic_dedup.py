@@ -51,8 +51,11 @@ and each cell's members are compared with all rows probing that cell in one BLAS
 every query at a few GFLOP/s; a GEMM per cell runs at the machine's matmul rate). Candidates are
 exactly those of an IVF search with the same centroids and nprobe: a row sees the members of
 its nprobe nearest cells. The calibration needs no trial searches: an exact pair (q, j) is
-found at nprobe p iff j's cell ranks < p among q's centroids, so one exact search of the sample
-gives the recall of every p. Nothing is copied into an index (memory: the embeddings, an
+found at nprobe p iff j's cell ranks < p among q's centroids or q's cell among j's (every row
+is a query, and a pair found from either side links both rows), so one exact search of the
+sample gives the recall of every p. When the sample holds fewer than 500 pairs and doubling it
+costs under a quarter of the join at the nprobe it chose, the sample is doubled and nprobe
+chosen again (a few hard pairs of a small sample would otherwise set it). Nothing is copied into an index (memory: the embeddings, an
 (n, nprobe) cell table and the pairs). Rows with more than k hits >= threshold keep their k
 most similar, as a top-k search would.
 
@@ -180,6 +183,13 @@ def top_cells(x: np.ndarray, centroids: np.ndarray, p: int, chunk: int = 65_536)
     return out
 
 
+def _cell_rank(q: np.ndarray, j: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Rank of each j's own cell among its q's centroids, most similar first (0 = q's own)."""
+    cell_j = top_cells(j, centroids, 1)[:, 0]
+    sim = q @ centroids.T
+    return (sim > sim[np.arange(len(q)), cell_j][:, None]).sum(axis=1)
+
+
 def ivf_self_join(x: np.ndarray, cells: np.ndarray, nlist: int, threshold: float, k: int):
     """Every row against the members of its probed cells (`cells[:, 0]` = the row's own cell).
 
@@ -216,17 +226,23 @@ def ivf_self_join(x: np.ndarray, cells: np.ndarray, nlist: int, threshold: float
                 r = np.arange(n_self)
                 sim[r, s - lo + r] = -np.inf
             b = sim.argmax(axis=1)
+            best = sim[np.arange(len(qs)), b]
             near[s:e] = mem[b]
-            near_sim[s:e] = sim[np.arange(len(qs)), b]
-            hit = sim >= threshold
+            near_sim[s:e] = best
+            # only rows whose best member reaches the threshold have hits: the rest of the
+            # block is never scanned again (most rows of a large set have none)
+            cand = np.flatnonzero(best >= threshold)
+            if not len(cand):
+                continue
+            sc = sim[cand]
+            hit = sc >= threshold
             over = np.flatnonzero(hit.sum(axis=1) > k)
             if len(over):  # rows with more than k hits keep their k most similar
-                top = np.argpartition(sim[over], m - k, axis=1)[:, m - k:]
+                top = np.argpartition(sc[over], m - k, axis=1)[:, m - k:]
                 hit[over] = False
                 hit[over[:, None], top] = True
             r, j = np.nonzero(hit)
-            if len(r):
-                pairs.append((qs[r], mem[j], sim[r, j]))
+            pairs.append((qs[cand[r]], mem[j], sc[r, j]))
 
     _parallel(work, range(nlist))
     # nearest: the best over a row's cells
@@ -405,50 +421,84 @@ class _Searcher:
         self.settings["efSearch"] = int(value)
 
     # -- calibrate ---------------------------------------------------------------------------
-    def _exact_pairs(self, calibration_queries: int | None) -> tuple[list[tuple[int, int]], np.ndarray]:
-        """Exact duplicate pairs of a random sample of query rows, and the sample."""
-        faiss, x, n = self.faiss, self.x, self.n
-        # Exact search of q queries costs q*n*d: sample rows in chunks until the sample holds
-        # `min_pairs` exact pairs or the cost reaches ~1e9 comparisons (~5 s on 2 idle cores).
-        # Past that, a sample too small to resolve 1% takes one nprobe step more, which is the
-        # cheaper side: at 1M rows and 4,000 cells one more probe adds n*n/nlist = 2.5e8 row
-        # comparisons to the join, 1,000 more sample rows add 1e9 to the exact search.
+    def _exact_pairs(self, calibration_queries: int | None) -> None:
+        """Start the calibration sample: exact duplicate pairs (`self._truth`) of random query
+        rows (`self._sample_rows()`), sampled in chunks of 1,000 until the sample holds
+        `min_pairs` pairs or the cost reaches ~1e9 comparisons (~5 s on 2 idle cores)."""
+        n = self.n
+        # Past that budget a sample too small to resolve 1% takes one nprobe step more, which is
+        # the cheaper side while the steps are small: at 1M rows and 4,000 cells one more probe
+        # adds n*n/nlist = 2.5e8 row comparisons to the join, 1,000 more sample rows add 1e9
+        # (IVF widens the sample when its chosen nprobe costs far more: `_worth_more_pairs`).
         max_q = calibration_queries or int(min(n, 20_000, max(1_000, 1e9 // n)))
-        max_q = min(n, max_q)
-        perm = np.random.default_rng(self.seed + 1).permutation(n)[:max_q]
+        self._perm = np.random.default_rng(self.seed + 1).permutation(n)
+        self._truth: list[tuple[int, int]] = []
+        self._q = 0
         if self.gpu:
-            exact, _ = build_index(x, "flat", gpu=True)
+            exact, _ = build_index(self.x, "flat", gpu=True)
 
             def search(rows):
-                D, I = exact.search(x[rows], self.kk)
+                D, I = exact.search(self.x[rows], self.kk)
                 r, c = np.nonzero(_neighbours(D, I, rows, self.k) & (D >= self.threshold))
                 return rows[r], I[r, c]
         else:
-            search = lambda rows: exact_pairs(x, rows, self.threshold, self.k)
-        truth: list[tuple[int, int]] = []
-        q = 0
-        while q < max_q and (calibration_queries or len(truth) < self.min_pairs):
-            rows = np.sort(perm[q:q + 1_000])
-            a, b = search(rows)
-            truth += zip(a.tolist(), b.tolist())
-            q += len(rows)
-        return truth, np.sort(perm[:q])
+            search = lambda rows: exact_pairs(self.x, rows, self.threshold, self.k)
+        self._search_exact = search
+        self._extend_sample(min(n, max_q), stop_at_pairs=None if calibration_queries else self.min_pairs)
+
+    def _extend_sample(self, upto: int, stop_at_pairs: int | None = None) -> None:
+        while self._q < upto and (stop_at_pairs is None or len(self._truth) < stop_at_pairs):
+            rows = np.sort(self._perm[self._q:min(upto, self._q + 1_000)])
+            a, b = self._search_exact(rows)
+            self._truth += zip(a.tolist(), b.tolist())
+            self._q += len(rows)
+
+    def _sample_rows(self) -> np.ndarray:
+        return np.sort(self._perm[:self._q])
+
+    def _worth_more_pairs(self, nprobe: int, calibration_queries: int | None) -> bool:
+        """IVF: widen the sample (double it) while it holds too few pairs to resolve a 1% miss
+        rate and doubling it costs under a quarter of the join at the nprobe it chose: on
+        embeddings without tight clusters (static embeddings of ordinary text) a few hard pairs
+        of a small sample can push nprobe from ~64 to 512, a join 8x longer than needed."""
+        if calibration_queries or self._q >= self.n or len(self._truth) >= self.min_pairs:
+            return False
+        join = nprobe * self.n * self.n / self.settings["nlist"]
+        return self._q * self.n <= join / 4
 
     def _calibrate(self, calibration_queries: int | None) -> None:
         """Raise nprobe/efSearch until the index finds target_recall of the exact pairs."""
-        truth, qi = self._exact_pairs(calibration_queries)
+        self._exact_pairs(calibration_queries)
+        while True:
+            chosen, recall, tried = self._choose()
+            if self.kind != "ivf" or not self._worth_more_pairs(chosen, calibration_queries):
+                break
+            self._extend_sample(min(self.n, 2 * self._q))
+        self._set_param(chosen)
+        self.settings.update(
+            calibration_queries=int(self._q),
+            calibration_pairs=int(len(self._truth)),
+            measured_recall=None if recall is None else round(recall, 5),
+            target_recall=self.target_recall,
+            calibration_tried=tried,
+        )
+
+    def _choose(self) -> tuple[int, float | None, list]:
+        """The smallest step meeting target_recall on the sample, its recall, the steps tried."""
+        truth, qi = self._truth, self._sample_rows()
         n_pairs = len(truth)
         if self.kind == "ivf":
             nlist = self.settings["nlist"]
             steps = [p for p in NPROBE_STEPS if p < nlist] + [nlist]
             fallback = min(nlist, IVF_NO_PAIRS_NPROBE)
             if n_pairs:
+                # every row is a query and a pair found from either side links both rows, so
                 # pair (q, j) is found at nprobe p iff j's cell is among q's p nearest centroids
+                # or q's cell among j's
                 a = np.array([t[0] for t in truth])
                 b = np.array([t[1] for t in truth])
-                cell_b = top_cells(self.x[b], self.centroids, 1)[:, 0]
-                sim_qc = self.x[a] @ self.centroids.T
-                rank = (sim_qc > sim_qc[np.arange(n_pairs), cell_b][:, None]).sum(axis=1)
+                rank = np.minimum(_cell_rank(self.x[a], self.x[b], self.centroids),
+                                  _cell_rank(self.x[b], self.x[a], self.centroids))
                 measure = lambda p: float((rank < p).mean())
         else:
             steps = [e for e in EF_STEPS if e >= self.kk] or [self.kk]
@@ -460,29 +510,21 @@ class _Searcher:
                 return len(truth_set & self._pairs(qi)) / n_pairs
         chosen, recall, tried = None, None, []
         if n_pairs == 0:
-            chosen = fallback
-        else:
-            for p in steps:
-                recall = measure(p)
-                tried.append((p, round(recall, 5)))
-                if recall >= self.target_recall:
-                    chosen = p
-                    break
-            if chosen is None:
-                chosen = steps[-1]
-            elif n_pairs < self.min_pairs and chosen != steps[-1]:
-                # a small sample cannot resolve 1% misses: take one step more
-                chosen = steps[steps.index(chosen) + 1]
-                recall = measure(chosen)
-                tried.append((chosen, round(recall, 5)))
-        self._set_param(chosen)
-        self.settings.update(
-            calibration_queries=int(len(qi)),
-            calibration_pairs=int(n_pairs),
-            measured_recall=None if recall is None else round(recall, 5),
-            target_recall=self.target_recall,
-            calibration_tried=tried,
-        )
+            return fallback, None, tried
+        for p in steps:
+            recall = measure(p)
+            tried.append((p, round(recall, 5)))
+            if recall >= self.target_recall:
+                chosen = p
+                break
+        if chosen is None:
+            chosen = steps[-1]
+        elif n_pairs < self.min_pairs and chosen != steps[-1]:
+            # a small sample cannot resolve 1% misses: take one step more
+            chosen = steps[steps.index(chosen) + 1]
+            recall = measure(chosen)
+            tried.append((chosen, round(recall, 5)))
+        return chosen, recall, tried
 
     def _pairs(self, qi: np.ndarray) -> set[tuple[int, int]]:
         out: set[tuple[int, int]] = set()
