@@ -54,7 +54,7 @@ its nprobe nearest cells. The calibration needs no trial searches: an exact pair
 found at nprobe p iff j's cell ranks < p among q's centroids or q's cell among j's (every row
 is a query, and a pair found from either side links both rows), so one exact search of the
 sample gives the recall of every p. When the sample holds fewer than 500 pairs and doubling it
-costs under a quarter of the join at the nprobe it chose, the sample is doubled and nprobe
+costs under half the join at the nprobe it chose, the sample is doubled and nprobe
 chosen again (a few hard pairs of a small sample would otherwise set it). Nothing is copied into an index (memory: the embeddings, an
 (n, nprobe) cell table and the pairs). Rows with more than k hits >= threshold keep their k
 most similar, as a top-k search would.
@@ -458,13 +458,13 @@ class _Searcher:
 
     def _worth_more_pairs(self, nprobe: int, calibration_queries: int | None) -> bool:
         """IVF: widen the sample (double it) while it holds too few pairs to resolve a 1% miss
-        rate and doubling it costs under a quarter of the join at the nprobe it chose: on
+        rate and doubling it costs under half the join at the nprobe it chose: on
         embeddings without tight clusters (static embeddings of ordinary text) a few hard pairs
-        of a small sample can push nprobe from ~64 to 512, a join 8x longer than needed."""
+        of a small sample can push nprobe from ~24 to 512, a join 20x longer than needed."""
         if calibration_queries or self._q >= self.n or len(self._truth) >= self.min_pairs:
             return False
         join = nprobe * self.n * self.n / self.settings["nlist"]
-        return self._q * self.n <= join / 4
+        return self._q * self.n <= join / 2
 
     def _calibrate(self, calibration_queries: int | None) -> None:
         """Raise nprobe/efSearch until the index finds target_recall of the exact pairs."""
