@@ -55,8 +55,8 @@ found at nprobe p iff j's cell ranks < p among q's centroids or q's cell among j
 is a query, and a pair found from either side links both rows), so one exact search of the
 sample gives the recall of every p. When the sample holds fewer than 500 pairs and doubling it
 costs under half the join at the nprobe it chose, the sample is doubled and nprobe
-chosen again (a few hard pairs of a small sample would otherwise set it). Nothing is copied into an index (memory: the embeddings, an
-(n, nprobe) cell table and the pairs). Rows with more than k hits >= threshold keep their k
+chosen again (a few hard pairs of a small sample would otherwise set it). Nothing is copied
+into an index (memory: the embeddings, an (n, nprobe) cell table and the pairs). Rows with more than k hits >= threshold keep their k
 most similar, as a top-k search would.
 
 GPU FAISS is used for flat and IVF when `faiss.get_num_gpus() > 0` (IVF: the same centroids and
@@ -421,7 +421,7 @@ class _Searcher:
         self.settings["efSearch"] = int(value)
 
     # -- calibrate ---------------------------------------------------------------------------
-    def _exact_pairs(self, calibration_queries: int | None) -> None:
+    def _start_sample(self, calibration_queries: int | None) -> None:
         """Start the calibration sample: exact duplicate pairs (`self._truth`) of random query
         rows (`self._sample_rows()`), sampled in chunks of 1,000 until the sample holds
         `min_pairs` pairs or the cost reaches ~1e9 comparisons (~5 s on 2 idle cores)."""
@@ -468,7 +468,7 @@ class _Searcher:
 
     def _calibrate(self, calibration_queries: int | None) -> None:
         """Raise nprobe/efSearch until the index finds target_recall of the exact pairs."""
-        self._exact_pairs(calibration_queries)
+        self._start_sample(calibration_queries)
         while True:
             chosen, recall, tried = self._choose()
             if self.kind != "ivf" or not self._worth_more_pairs(chosen, calibration_queries):
