@@ -148,6 +148,101 @@ def iterate(
     out_console.print(f"final model: {manifest['final_model']}  manifest: {out_dir / 'iterations.json'}", soft_wrap=True)
 
 
+@app.command("eval")
+def eval_cmd(
+    recipe: Optional[Path] = typer.Argument(None, help="eval recipe YAML (optional: the options below build one)"),
+    model: Optional[str] = typer.Option(None, help="the model to evaluate: hub id or local path"),
+    problems: Optional[str] = typer.Option(None, help="problems with gold answers: JSON Lines, Parquet, hf://<id>"),
+    rows: Optional[str] = typer.Option(None, help="rows START:STOP of the problems (held-out rows), e.g. 2000:2500"),
+    samples: Optional[int] = typer.Option(None, help="sampled solutions per problem (default 4; 0: greedy only)"),
+    out: Optional[Path] = typer.Option(None, help="output directory (default out/eval-<model name>)"),
+    server: Annotated[Optional[str], typer.Option(
+        help="URL of a running vLLM server serving the model (API key from $VLLM_API_KEY)")] = None,
+    harness: Annotated[Optional[str], typer.Option(
+        help="run this lm-evaluation-harness task instead (its vLLM model type), e.g. gsm8k")] = None,
+    set_: list[str] = typer.Option([], "--set", help="any eval recipe field, e.g. --set sampling.temperature=1.0"),
+    verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
+) -> None:
+    """Evaluate a model on problems with gold answers: greedy accuracy, sampled accuracy, maj@k, pass@k,
+    by number of steps; per-problem outcomes as Parquet beside a JSON summary. Re-running resumes."""
+    from roost.evaluation.config import EvalRecipe
+    from roost.recipe import _read_yaml, apply_overrides, validate
+
+    with user_errors():
+        raw = _read_yaml(recipe) if recipe is not None else {}
+        start, stop = _row_range(rows)
+        apply_overrides(raw, {"model.model": model, "model.server.url": server, "problems.path": problems,
+                              "problems.start": start, "problems.stop": stop, "samples": samples, **_parse_sets(set_)})
+        if isinstance(raw.get("model"), dict):  # the model's own context length unless the recipe says
+            raw["model"].setdefault("max_model_len", None)
+        if harness is not None:
+            _harness(raw, harness, out, verbose)
+            return
+        rec = validate(EvalRecipe, raw, str(recipe) if recipe is not None else "options")
+        out_dir = _out_dir(out or Path("out") / f"eval-{Path(rec.model.model).name}")
+        logs.setup(out_dir, verbose)
+        from roost.evaluation.run import preflight
+        from roost.flows.evaluate import eval_flow
+
+        preflight(rec, out_dir)
+        summary = eval_flow(rec, str(out_dir))
+    _print_eval_summary(summary, out_dir)
+
+
+def _row_range(rows: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    from roost.errors import ConfigError
+
+    if rows is None:
+        return None, None
+    lo, sep, hi = rows.partition(":")
+    try:
+        return (int(lo) if lo else 0), (int(hi) if hi else None)
+    except ValueError:
+        raise ConfigError(f"--rows {rows!r}: expected START:STOP, e.g. 2000:2500") from None
+
+
+def _harness(raw: dict, task: str, out: Optional[Path], verbose: bool) -> None:
+    from roost.errors import ConfigError
+
+    model = (raw.get("model") or {}).get("model")
+    if not model:
+        raise ConfigError("--harness: needs --model (the model to evaluate)")
+    from roost.evaluation.harness import run_harness
+
+    out_dir = _out_dir(out or Path("out") / f"eval-{Path(model).name}-{task}")
+    logs.setup(out_dir, verbose)
+    metrics = run_harness(model, task, out_dir=out_dir, limit=raw.get("limit"))
+    table = Table(title=f"lm-evaluation-harness: {task} ({model})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _print_eval_summary(summary: dict, out_dir: Path) -> None:
+    out = Console()
+    m, se = summary["metrics"], summary["stderr"]
+    table = Table(title=f"roost eval: {summary['model']} on {summary['set']['path']} rows "
+                        f"{summary['set']['rows'][0]}:{summary['set']['rows'][1]}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("+-stderr", justify="right")
+    for name, value in m.items():
+        if name != "problems":
+            table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value),
+                          f"{se[name]:.4f}" if name in se else "")
+    out.print(table)
+    steps = summary.get("by_steps") or {}
+    if steps:
+        key = "greedy_accuracy" if "greedy_accuracy" in m else "sampled_accuracy"
+        out.print(f"{key} by steps: " + ", ".join(f"{k}: {v.get(key, 0):.3f} ({v['problems']})" for k, v in steps.items()))
+    bad = summary["unusable"]
+    out.print(f"problems: {m['problems']}" + (f"  unusable rows: {bad['count']} {json.dumps(bad['by_reason'])} "
+                                               f"({out_dir / 'unusable.parquet'})" if bad["count"] else ""))
+    out.print(f"outcomes: {out_dir / 'outcomes'}  summary: {out_dir / 'summary.json'}", soft_wrap=True)
+
+
 @app.command()
 def serve(
     recipe: Path = typer.Argument(..., help="build recipe YAML"),

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from roost.engines.config import local_model_problem as model_problem
 from roost.errors import ConfigError, UserError
 from roost.recipe import LoopConfig, Recipe, validate_recipe
 
@@ -66,32 +67,6 @@ def _fill(value: Any, t: int) -> Any:
     if isinstance(value, list):
         return [_fill(v, t) for v in value]
     return value
-
-
-def model_problem(path: Path) -> str | None:
-    """Why `path` is not a model the next iteration can load, or None (config, tokenizer and
-    weight files are read; the weights themselves are loaded by the next engine)."""
-    if not (path / "config.json").is_file():
-        return "no config.json"
-    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.safetensors.index.json"))
-    if not weights:
-        return "no weights (*.safetensors or *.bin)"
-    try:
-        from transformers import AutoConfig, AutoTokenizer
-
-        AutoConfig.from_pretrained(path)
-        AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # whatever transformers raises for a broken directory
-        return f"does not load: {str(e).splitlines()[0][:200]}"
-    try:
-        from safetensors import safe_open
-
-        for w in (w for w in weights if w.suffix == ".safetensors"):
-            with safe_open(w, "np") as f:
-                f.keys()
-    except Exception as e:
-        return f"unreadable weights: {str(e).splitlines()[0][:200]}"
-    return None
 
 
 def training_data(out: Path, t: int, recipe: Recipe, loop: LoopConfig) -> Path:

@@ -24,7 +24,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--loss-type", default="sigmoid", help="sigmoid (DPO), sppo_hard, ipo, ...")
+    ap.add_argument("--loss-type", default="sigmoid",
+                    help="sigmoid (DPO), sppo_hard, ipo, ...; several comma-separated are summed, e.g. "
+                         "sigmoid,sft (DPO plus the chosen answers' NLL: RPO / iterative RPO)")
+    ap.add_argument("--loss-weights", default=None, help="comma-separated weights of the loss types (default 1 each)")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
@@ -44,7 +47,8 @@ def main() -> None:
     print(f"{len(data)} preference rows from {len(files)} file(s)")
     config = DPOConfig(
         output_dir=str(Path(args.output) / "checkpoints"), max_steps=args.steps, learning_rate=args.lr,
-        beta=args.beta, loss_type=args.loss_type, per_device_train_batch_size=args.batch_size,
+        beta=args.beta, loss_type=args.loss_type.split(","),
+        loss_weights=[float(w) for w in args.loss_weights.split(",")] if args.loss_weights else None, per_device_train_batch_size=args.batch_size,
         max_length=args.max_length, seed=args.seed, report_to=[], save_strategy="no", logging_steps=1,
         use_cpu=not torch.cuda.is_available(),
     )

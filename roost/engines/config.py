@@ -168,3 +168,32 @@ def ensure_available(model: str, revision: str | None = None) -> None:
     except Exception as e:  # network: the message must not carry a token or a long trace
         raise ModelError(f"model '{model}': cannot reach the Hub to fetch it ({type(e).__name__}); "
                          "pass a local path or download it first") from None
+
+
+def local_model_problem(path) -> str | None:
+    """Why `path` is not a model the next iteration can load, or None (config, tokenizer and
+    weight files are read; the weights themselves are loaded by the next engine)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        return "no config.json"
+    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.safetensors.index.json"))
+    if not weights:
+        return "no weights (*.safetensors or *.bin)"
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+
+        AutoConfig.from_pretrained(path)
+        AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # whatever transformers raises for a broken directory
+        return f"does not load: {str(e).splitlines()[0][:200]}"
+    try:
+        from safetensors import safe_open
+
+        for w in (w for w in weights if w.suffix == ".safetensors"):
+            with safe_open(w, "np") as f:
+                f.keys()
+    except Exception as e:
+        return f"unreadable weights: {str(e).splitlines()[0][:200]}"
+    return None

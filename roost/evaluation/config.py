@@ -1,0 +1,63 @@
+"""`roost eval` recipes: which model, on which problems, sampled how."""
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from roost.config import SamplingConfig, Strict, fingerprint, throughput
+from roost.engines.config import EngineConfig
+from roost.reasoning import prompting
+from roost.reasoning.problems import Problems
+
+
+class EvalSet(Problems):
+    """Problems with gold answers; rows [start, stop) of the input (held-out problems are
+    usually a slice: `start: 2000, stop: 2500`)."""
+
+    start: int = Field(0, ge=0)
+    stop: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.stop is not None and self.stop <= self.start:
+            raise ValueError(f"stop ({self.stop}) must be greater than start ({self.start})")
+        return self
+
+
+class EvalFormat(Strict):
+    """How a problem is put to the model (Step-DPO's evaluation prompt by default)."""
+
+    instruction: str = prompting.INSTRUCTION  # appended to the problem in the user turn
+    assistant_prefix: str = prompting.OPENER + prompting.HEADER.format(k=1)  # the assistant turn starts so
+    header: str = prompting.HEADER  # reference solutions' steps are counted at this header
+
+
+class EvalRecipe(Strict):
+    name: str = "eval"
+    model: EngineConfig
+    problems: EvalSet
+    format: EvalFormat = EvalFormat()
+    greedy: bool = True  # one greedy solution per problem (pass@1)
+    samples: int = Field(4, ge=0, le=256)  # sampled solutions per problem (sampled accuracy, maj@k, pass@k)
+    sampling: SamplingConfig = SamplingConfig(temperature=0.8, top_p=0.95, max_tokens=512)
+    max_tokens: int | None = Field(None, ge=1)  # greedy solutions' limit; default: sampling.max_tokens
+    pass_k: list[int] | None = None  # default: [1, samples]
+    seed: int = 0
+    chunk_size: int = throughput(500, ge=1)  # problems per resumable part
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not self.greedy and not self.samples:
+            raise ValueError("greedy is off and samples is 0: nothing to evaluate")
+        bad = [k for k in self.pass_k or [] if k < 1 or k > self.samples]
+        if bad:
+            raise ValueError(f"pass_k: {bad[0]} is not between 1 and samples ({self.samples})")
+        return self
+
+    @property
+    def ks(self) -> list[int]:
+        if self.pass_k is not None:
+            return sorted(set(self.pass_k))
+        return sorted({1, self.samples}) if self.samples else []
+
+    def fingerprint(self) -> str:
+        return fingerprint(self)

@@ -1,0 +1,25 @@
+"""Prefect flow for `roost eval`: thin wiring over roost.evaluation.run."""
+from __future__ import annotations
+
+import sys
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from roost.evaluation import run as work
+from roost.evaluation.config import EvalRecipe
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(recipe: EvalRecipe, out: str) -> dict:
+    return work.run_eval(recipe, out, say=_say)
+
+
+@flow(name="roost-eval", log_prints=True)
+def eval_flow(recipe: EvalRecipe, out: str) -> dict:
+    return evaluate_task(recipe, out)
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
