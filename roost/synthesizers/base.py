@@ -35,16 +35,16 @@ class SynthesizerConfig(Strict):
 
 class InputRows:
     """A synthesizer's input, opened and checked once (readable, of a kind it accepts, not
-    empty), then read one shard's slice at a time. Bad rows come back with the reason."""
+    empty), then read one shard's slice at a time. Bad rows come back with the reason.
+    Subclasses read other forms by overriding `_detect` and `_parse`."""
 
     def __init__(self, config: DatasetInput, accepts: tuple[str, ...], who: str):
-        from roost.rows import detect_kind
         from roost.sources import open_source
 
         self.config = config
         self.cols = config.columns()
         self.source = open_source(config.path, split=config.split)
-        self.kind, self.form = detect_kind(self.source.schema, self.cols)
+        self.kind, self.form = self._detect(self.source.schema)
         if self.kind not in accepts:
             raise InputError(f"{config.path}: {self.kind} rows, but the {who} synthesizer needs "
                              f"{' or '.join(accepts)} rows")
@@ -53,14 +53,25 @@ class InputRows:
         if self.total == 0:
             raise InputError(f"{config.path}: no rows")
 
+    def _detect(self, schema: pa.Schema) -> tuple[str, str]:
+        """(kind, form) of the input from its columns."""
+        from roost.rows import detect_kind
+
+        return detect_kind(schema, self.cols)
+
+    def _parse(self, row: dict):
+        """(Parsed or None, problem or None) of one row."""
+        from roost.rows import parse
+
+        return parse(row, self.form, self.cols)
+
     def rows(self, start: int, stop: int):
         """(row, parsed or None, problem or None, id) for rows [start, stop)."""
-        from roost.rows import parse
         from roost.schemas import row_id
 
         for batch in self.source.rows(start, stop):
             for row in batch:
-                parsed, problem = parse(row, self.form, self.cols)
+                parsed, problem = self._parse(row)
                 value = row.get(self.cols.id)
                 rid = str(value) if value not in (None, "") else (row_id(parsed.messages) if parsed else None)
                 yield row, parsed, problem, rid

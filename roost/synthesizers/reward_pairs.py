@@ -2,8 +2,9 @@
 
 For each prompt: K responses from the policy in one request (`n=K`), every response scored
 by a reward model (or, UltraFeedback style, by an LLM judge's 1-5 score: `scorer: {kind: judge}`,
-roost.judges.absolute; ties are then common and fall under `margin`), and the ranking turned
-into pairs:
+roost.judges.absolute; ties are then common and fall under `margin`; or, on problems with gold
+answers, by a verifier: `scorer: {kind: verifier}`, see below), and the ranking turned into
+pairs:
 - `best_worst` (default): the best vs the worst response;
 - `best_random`: the best vs a random other response (seeded, reproducible);
 - `all_above_margin`: every pair whose score gap is above `margin`.
@@ -18,19 +19,32 @@ last user turn; shards are slices of it) or from Magpie run first in the same sh
 (`prompts: {magpie: {...}}`; shards are quotas). Groups that cannot make a pair (every
 response truncated or empty, too few scored, best and worst tied within `margin`) go to
 rejects with that reason.
+
+With `scorer: {kind: verifier}` (roost.scorers.verifier; iterative DPO on verifiable tasks,
+Step-DPO's outcome-level baseline) the prompts are problems with gold answers (`prompts:
+{path, answer_column, convention, instruction}`, roost.synthesizers.prompted) and a response's
+reward is 1 if math-verify finds its final `\\boxed{}` answer right, else 0 (plus an optional
+format term): K samples become right-vs-wrong pairs. A tie-break (length by default, or a
+reward model) orders responses of equal reward; it never makes a pair by itself: `margin`
+applies to the verifier's reward, so a group whose graded samples are all right or all wrong
+is a reject, `all_correct` / `all_wrong`. `chosen_score` / `rejected_score` / `all_scores` /
+`score_gap` hold the verifier's rewards, and the rows carry the verdicts (VERIFIER_COLUMNS:
+gold answer, which response is right, the final answers, the group's solve rate).
+`length_penalty` is refused with a verifier (its `tie_break: length` is the length rule).
 """
 from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import pyarrow as pa
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from roost.config import SamplingConfig, Strict
 from roost.engines.config import EngineConfig, RewardModelConfig
 from roost.schemas import PREFERENCE_ROWS, row_id
+from roost.scorers.verifier import VERIFIER_COLUMNS, VerifierConfig, same_outcome, verifier_columns
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, SynthesizerConfig
 from roost.synthesizers.prompted import RESPONSE_RULES, SAMPLED, PromptedSynthesizer, PromptSource
 from roost.writer import Reject
@@ -53,6 +67,7 @@ PAIRS = PREFERENCE_ROWS.extend([
     pa.field("reward_model_revision", pa.string()),
     pa.field("sampling", SAMPLED),
 ])
+VERIFIED_PAIRS = PAIRS.extend(VERIFIER_COLUMNS)  # the rows of a verifier-scored build
 
 
 class Difficulty(Strict):
@@ -86,13 +101,23 @@ class JudgeScorer(Strict):
         return path
 
 
+def _scorer_tag(value: Any) -> str:
+    kind = value.get("kind", "judge") if isinstance(value, dict) else getattr(value, "kind", "judge")
+    return {"judge": "JudgeScorer", "verifier": "VerifierConfig"}.get(kind, str(kind))
+
+
+Scorer = Annotated[Union[Annotated[JudgeScorer, Tag("JudgeScorer")], Annotated[VerifierConfig, Tag("VerifierConfig")]],
+                   Discriminator(_scorer_tag, custom_error_type="scorer_kind",
+                                 custom_error_message="scorer.kind must be judge or verifier")]
+
+
 class RewardPairsConfig(SynthesizerConfig):
     kind: Literal["reward_pairs"] = "reward_pairs"
     prompts: PromptSource
     k: int = Field(4, ge=2, le=64)  # responses per prompt
     sampling: SamplingConfig = SamplingConfig(temperature=0.8, top_p=1.0, max_tokens=1024)
     reward_model: RewardModelConfig | None = None
-    scorer: JudgeScorer | None = None  # instead of reward_model: an LLM judge's score ranks the responses
+    scorer: Scorer | None = None  # instead of reward_model: an LLM judge's score, or a verifier's reward
     pair_rule: Literal["best_worst", "best_random", "all_above_margin"] = "best_worst"
     margin: float = Field(0.0, ge=0)  # gaps at or below this are ties
     length_penalty: float = Field(0.0, ge=0)  # rank by reward - length_penalty * tokens
@@ -102,6 +127,9 @@ class RewardPairsConfig(SynthesizerConfig):
     def _one_scorer(self) -> "RewardPairsConfig":
         if (self.reward_model is None) == (self.scorer is None):
             raise ValueError("set reward_model or scorer (an LLM judge), one of the two")
+        if isinstance(self.scorer, VerifierConfig) and self.length_penalty:
+            raise ValueError("length_penalty does not apply to a verifier: it would trade correctness for length; "
+                             "use scorer.tie_break: length")
         return self
 
 
@@ -113,19 +141,26 @@ class RewardPairs(PromptedSynthesizer):
 
     # -- plan ---------------------------------------------------------------------------------
 
+    def __init__(self, config: RewardPairsConfig, recipe):
+        super().__init__(config, recipe)
+        if self.verifier_config() is not None:
+            self.schema = VERIFIED_PAIRS  # verdict columns; other builds' rows are unchanged
+
+    def verifier_config(self) -> VerifierConfig | None:
+        return self.config.scorer if isinstance(self.config.scorer, VerifierConfig) else None
+
     def check(self) -> None:
         from roost.engines import ensure_available
         from roost.scorers.reward import _hf_config, check_reward_head
 
         rm = self.config.reward_model
-        if rm is None:
-            judge = self.config.scorer.model or self.recipe.model
-            ensure_available(judge.model, judge.revision)
-        else:
+        if rm is not None:
             ensure_available(rm.model, rm.revision)
             check_reward_head(_hf_config(rm), rm.model, rm.trust_remote_code)
-        if self.config.prompts.path:
-            self.source()
+        elif self.verifier_config() is None:
+            judge = self.config.scorer.model or self.recipe.model
+            ensure_available(judge.model, judge.revision)
+        self._check_prompts()
 
     # -- one shard ----------------------------------------------------------------------------
 
@@ -133,36 +168,51 @@ class RewardPairs(PromptedSynthesizer):
         prompts, rejects, stats = self._prompts(shard)
         engine = self._policy()
         sampling = self.config.sampling.to_engine(n=self.config.k)
-        gens = engine.chat([p for _, p in prompts], sampling, seed=shard.seed, progress=f"{shard.label} responses")
-        scorer = self._reward()
-        candidates, convs, unusable = [], [], Counter()
-        for (pid, prompt), gen in zip(prompts, gens):
+        gens = engine.chat([p.messages for p in prompts], sampling, seed=shard.seed, progress=f"{shard.label} responses")
+        groups, unusable = [], Counter()
+        for gen in gens:
+            group = []
             for c in gen.completions:
                 text = c.text.strip()
                 drop = RESPONSE_RULES.first_drop({"text": text, "finish_reason": c.finish_reason})
-                candidates.append((text, c.n_tokens, drop is None))
-                if drop is None:
-                    convs.append(prompt + [{"role": "assistant", "content": text}])
-                else:
+                group.append((text, c.n_tokens, drop is None))
+                if drop is not None:
                     unusable[drop.reason] += 1
-        scores = iter(scorer.score(convs, progress=f"{shard.label} rewards") if convs else [])
+            groups.append(group)
+        scored = self._score(prompts, groups, shard)
         rows = []
-        k = self.config.k
-        for i, (pid, prompt) in enumerate(prompts):
-            group = candidates[i * k:(i + 1) * k]
-            rewards = [next(scores) if ok else None for _, _, ok in group]
-            made, problem = self._pairs(pid, prompt, group, rewards, random.Random(shard.seed * 1_000_003 + i), shard)
+        for i, (p, group, rewards) in enumerate(zip(prompts, groups, scored)):
+            made, problem = self._pairs(p.id, p.messages, group, rewards, random.Random(shard.seed * 1_000_003 + i),
+                                        shard, gold=p.gold)
             if problem:
-                rejects.append(Reject("reward_pairs", problem[0], {"prompt": prompt, "prompt_id": pid,
-                                      "responses": [t for t, _, _ in group], "scores": [r.value if r else None for r in rewards],
-                                      "finish": [ok for *_, ok in group]}, detail=problem[1]))
+                record = {"prompt": p.messages, "prompt_id": p.id, "responses": [t for t, _, _ in group],
+                          "scores": [self._score_of(r) if r else None for r in rewards], "finish": [ok for *_, ok in group]}
+                if p.gold is not None:
+                    record.update(gold_answer=p.gold.text, verdicts=[r.correct if r else None for r in rewards])
+                rejects.append(Reject("reward_pairs", problem[0], record, detail=problem[1]))
             rows.extend(made)
-        stats.update(prompts=len(prompts), responses=len(candidates), scored=len(convs), pairs=len(rows),
+        stats.update(prompts=len(prompts), responses=sum(map(len, groups)),
+                     scored=sum(r is not None for rewards in scored for r in rewards), pairs=len(rows),
                      unusable_responses=dict(unusable))
         return ShardOutput(rows, rejects, stats)
 
-    def _pairs(self, pid, prompt, group, rewards, rng, shard) -> tuple[list[dict], tuple[str, str] | None]:
+    def _score(self, prompts, groups, shard) -> list[list]:
+        """Every usable response's Reward (a verifier's Graded), None for the rest, group by group."""
+        usable = [[(text, n) if ok else None for text, n, ok in group] for group in groups]
+        if self.verifier_config() is not None:
+            return self._grade(prompts, usable, f"{shard.label} verifier")
+        convs = [p.messages + [{"role": "assistant", "content": x[0]}] for p, group in zip(prompts, usable)
+                 for x in group if x is not None]
+        scores = iter(self._reward().score(convs, progress=f"{shard.label} rewards") if convs else [])
+        return [[next(scores) if x is not None else None for x in group] for group in usable]
+
+    def _score_of(self, reward) -> float | None:
+        """The score a row records: the verifier's own reward (not its tie-broken rank), else the value."""
+        return reward.reward if self.verifier_config() is not None else reward.value
+
+    def _pairs(self, pid, prompt, group, rewards, rng, shard, gold=None) -> tuple[list[dict], tuple[str, str] | None]:
         cfg = self.config
+        verified = self.verifier_config() is not None
         valid = [i for i, r in enumerate(rewards) if r is not None and r.value is not None]
         if not any(ok for *_, ok in group):
             return [], ("all_truncated_or_empty", f"{len(group)} responses, none finished with usable text "
@@ -173,19 +223,24 @@ class RewardPairs(PromptedSynthesizer):
         rank = {i: rewards[i].value - cfg.length_penalty * group[i][1] for i in valid}
         order = sorted(valid, key=lambda i: (-rank[i], i))
         best, worst = order[0], order[-1]
+        # the gap `margin` applies to: the ranking score, or a verifier's own reward (a tie-break is no gap)
+        basis = {i: rewards[i].reward for i in valid} if verified else rank
+
+        def apart(a: int, b: int) -> bool:
+            return basis[a] - basis[b] > cfg.margin and group[a][0] != group[b][0]
+
         if cfg.pair_rule == "best_worst":
             chosen_rejected = [(best, worst)]
         elif cfg.pair_rule == "best_random":
-            others = [i for i in order[1:] if rank[best] - rank[i] > cfg.margin and group[i][0] != group[best][0]]
+            others = [i for i in order[1:] if apart(best, i)]
             chosen_rejected = [(best, rng.choice(others))] if others else []
         else:
-            chosen_rejected = [(a, b) for x, a in enumerate(order) for b in order[x + 1:]
-                               if rank[a] - rank[b] > cfg.margin]
-        chosen_rejected = [(a, b) for a, b in chosen_rejected
-                           if rank[a] - rank[b] > cfg.margin and group[a][0] != group[b][0]]
+            chosen_rejected = [(a, b) for x, a in enumerate(order) for b in order[x + 1:] if apart(a, b)]
+        chosen_rejected = [(a, b) for a, b in chosen_rejected if apart(a, b)]
         if not chosen_rejected:
-            return [], ("tie_within_margin", f"best {rank[best]:.4f} vs worst {rank[worst]:.4f}: gap "
-                                             f"{rank[best] - rank[worst]:.4f} <= margin {cfg.margin}")
+            return [], ((verified and same_outcome([rewards[i] for i in valid], gold)) or
+                        ("tie_within_margin", f"best {basis[best]:.4f} vs worst {basis[worst]:.4f}: gap "
+                                              f"{basis[best] - basis[worst]:.4f} <= margin {cfg.margin}"))
         rows, seen = [], set()
         for a, b in chosen_rejected:
             chosen = [{"role": "assistant", "content": group[a][0]}]
@@ -194,27 +249,37 @@ class RewardPairs(PromptedSynthesizer):
             if rid in seen:
                 continue
             seen.add(rid)
-            gap = rank[a] - rank[b]
+            gap = basis[a] - basis[b]
             threshold = cfg.difficulty.threshold
             rows.append({
                 "id": rid, "prompt": prompt, "chosen": chosen, "rejected": rejected,
                 "method": "reward_ranked", "model": self.recipe.model.model, "iteration": self.recipe.iteration,
-                "prompt_id": pid, "chosen_score": rewards[a].value, "rejected_score": rewards[b].value,
+                "prompt_id": pid, "chosen_score": self._score_of(rewards[a]), "rejected_score": self._score_of(rewards[b]),
                 "score_gap": gap, "difficulty": None if threshold is None else ("easy" if gap >= threshold else "hard"),
                 "chosen_tokens": group[a][1], "rejected_tokens": group[b][1],
-                "all_scores": [r.value if r is not None else None for r in rewards],
+                "all_scores": [self._score_of(r) if r is not None else None for r in rewards],
                 "all_tokens": [t for _, t, _ in group], "all_responses": [t for t, _, _ in group],
                 "pair_rule": cfg.pair_rule, "model_revision": self._revisions()["model"],
-                "reward_model": (cfg.reward_model or cfg.scorer.model or self.recipe.model).model,
-                "reward_model_revision": self._revisions()["reward_model"],
+                "reward_model": self._scorer_name(), "reward_model_revision": self._revisions()["reward_model"],
                 "sampling": {**cfg.sampling.model_dump(), "n": cfg.k, "seed": shard.seed},
+                **(verifier_columns(gold, rewards, a, b) if verified else {}),
             })
         return rows, None
+
+    def _scorer_name(self) -> str:
+        """What scored, as the rows' `reward_model` records it."""
+        cfg = self.config
+        if self.verifier_config() is not None:
+            return "math-verify"
+        return (cfg.reward_model or cfg.scorer.model or self.recipe.model).model
 
     # -- models -------------------------------------------------------------------------------
 
     def _reward(self):
-        """The reward model's scorer, or the judge's (`score(conversations)` -> Reward each)."""
+        """The reward model's scorer, or the judge's (`score(conversations)` -> Reward each), or
+        the verifier (`score(conversations, golds, tokens)`)."""
+        if self.verifier_config() is not None:
+            return self._verifier()
         if self.config.scorer is not None:
             if getattr(self, "_judge_scorer", None) is None:
                 from roost.engines import get_engine
@@ -271,6 +336,4 @@ class RewardPairs(PromptedSynthesizer):
         out = {"sampling": {**self.config.sampling.model_dump(), "n": self.config.k},
                "reward_model": self._reward().describe(), "pair_rule": self.config.pair_rule,
                "length_penalty": self.config.length_penalty, "margin": self.config.margin}
-        if self._magpie is not None:
-            out["magpie"] = self._magpie.provenance()
-        return out
+        return {**out, **self._prompt_provenance()}

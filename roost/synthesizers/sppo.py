@@ -10,6 +10,13 @@ For each prompt (uclaml/SPPO's scripts, see shared/reference/self-play-and-step-
     (what SPPO's compute_prob.py does with PairRM's scores, temperature 1);
   - `judge`: any chat model asked which of two samples is better, both orders averaged
     (roost.judges.pairwise); the policy itself by default. SPPO only knows PairRM;
+  - `verifier`: Bradley-Terry on verifiable rewards (roost.scorers.verifier: 1 if math-verify
+    finds the final `\\boxed{}` answer right, else 0, plus an optional format term and a
+    tie-break term far below any reward difference), on problems with gold answers
+    (`prompts: {path, answer_column, convention, instruction}`, roost.synthesizers.prompted).
+    `all_scores` holds the verifier's rewards, the rows carry the verdicts (VERIFIER_COLUMNS),
+    and a prompt whose graded samples all have the same reward (all right or all wrong) is a
+    reject, `all_correct` / `all_wrong`: a tie-break alone makes no pair;
 - win rate of i = the mean of row i over the usable samples, the 0.5 self term included
   (SPPO: `sum_j P[w][j] / 5`); chosen = the highest win rate, rejected = the lowest. Under
   Bradley-Terry the win rate rises with the reward, so this is SPPO's argmax/argmin of the
@@ -47,6 +54,7 @@ from pydantic import Field, field_validator
 from roost.config import SamplingConfig, Strict
 from roost.engines.config import EngineConfig, RewardModelConfig
 from roost.schemas import MESSAGES, PREFERENCE_ROWS, row_id
+from roost.scorers.verifier import VERIFIER_COLUMNS, VerifierConfig, same_outcome, verifier_columns
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, SynthesizerConfig
 from roost.synthesizers.prompted import RESPONSE_RULES, SAMPLED, PromptedSynthesizer, PromptSource
 from roost.writer import Reject
@@ -61,14 +69,15 @@ SPPO_ROWS = PREFERENCE_ROWS.extend([
     pa.field("probability", pa.list_(pa.list_(pa.float64()))),  # K x K, P[i][j] = P(i beats j); null: left out
     pa.field("win_rates", pa.list_(pa.float64())),
     pa.field("all_responses", pa.list_(pa.string())),
-    pa.field("all_scores", pa.list_(pa.float64())),  # rewards (bradley_terry); null for a judge
+    pa.field("all_scores", pa.list_(pa.float64())),  # rewards (bradley_terry, verifier); null for a judge
     pa.field("all_tokens", pa.list_(pa.int64())),
     pa.field("preference_model", pa.string()),
     pa.field("preference_model_revision", pa.string()),
-    pa.field("preference_kind", pa.string()),  # bradley_terry / judge
+    pa.field("preference_kind", pa.string()),  # bradley_terry / judge / verifier
     pa.field("model_revision", pa.string()),
     pa.field("sampling", SAMPLED),
 ])
+VERIFIED_SPPO_ROWS = SPPO_ROWS.extend(VERIFIER_COLUMNS)  # the rows of a verifier-preference build
 
 # uclaml/SPPO's training data, column for column (compute_prob.py's prepare_score).
 SPPO_SUBSET = pa.schema([pa.field("chosen", MESSAGES), pa.field("rejected", MESSAGES),
@@ -104,12 +113,20 @@ class JudgePreference(Strict):
         return path
 
 
+class VerifierPreference(VerifierConfig):
+    """P(i beats j) = sigmoid((v_i - v_j) / temperature), v = the verifier's reward plus its
+    tie-break term (roost.scorers.verifier)."""
+
+    temperature: float = Field(1.0, gt=0)
+
+
 class SppoConfig(SynthesizerConfig):
     kind: Literal["sppo"] = "sppo"
     prompts: PromptSource
     k: int = Field(5, ge=2, le=64)  # samples per prompt
     sampling: SamplingConfig = SamplingConfig(temperature=0.7, top_p=0.9, max_tokens=2048)  # SPPO's
-    preference: Annotated[Union[BradleyTerryPreference, JudgePreference], Field(discriminator="kind")]
+    preference: Annotated[Union[BradleyTerryPreference, JudgePreference, VerifierPreference],
+                          Field(discriminator="kind")]
 
 
 # -- the math (pure) -----------------------------------------------------------------------------
@@ -210,6 +227,11 @@ class Sppo(PromptedSynthesizer):
     def __init__(self, config: SppoConfig, recipe):
         super().__init__(config, recipe)
         self._judge = None
+        if self.verifier_config() is not None:
+            self.schema = VERIFIED_SPPO_ROWS  # verdict columns; other builds' rows are unchanged
+
+    def verifier_config(self) -> VerifierPreference | None:
+        return self.config.preference if self.config.preference.kind == "verifier" else None
 
     def check(self) -> None:
         from roost.engines import ensure_available
@@ -220,12 +242,11 @@ class Sppo(PromptedSynthesizer):
 
             ensure_available(pref.reward_model.model, pref.reward_model.revision)
             check_reward_head(_hf_config(pref.reward_model), pref.reward_model.model, pref.reward_model.trust_remote_code)
-        else:
+        elif pref.kind == "judge":
             judge = pref.model or self.recipe.model
             ensure_available(judge.model, judge.revision)
             self._check_judge_tokenizer(judge)
-        if self.config.prompts.path:
-            self.source()
+        self._check_prompts()  # and a verifier's gold answers and tie-break model
 
     def _check_judge_tokenizer(self, judge: EngineConfig) -> None:
         """The judge's chat template and one-token answers, from its tokenizer alone."""
@@ -242,20 +263,24 @@ class Sppo(PromptedSynthesizer):
     def generate(self, shard: Shard) -> ShardOutput:
         prompts, rejects, stats = self._prompts(shard)
         sampling = self.config.sampling.to_engine(n=self.config.k)
-        gens = self._policy().chat([p for _, p in prompts], sampling, seed=shard.seed, progress=f"{shard.label} samples")
+        gens = self._policy().chat([p.messages for p in prompts], sampling, seed=shard.seed,
+                                   progress=f"{shard.label} samples")
         groups = [[self._sample(c) for c in gen.completions] for gen in gens]
-        matrices, scores = self._matrices(prompts, groups, shard)
+        graded = self._graded(prompts, groups, shard)
+        matrices, scores = self._matrices(prompts, groups, graded, shard)
         rows, unusable = [], Counter(s.problem for g in groups for s in g if s.problem)
-        for (pid, prompt), group, probs, score in zip(prompts, groups, matrices, scores):
+        for p, group, probs, score, grades in zip(prompts, groups, matrices, scores, graded):
             probs, dropped = complete(probs)
             unusable["judge_unreadable"] += len(dropped)
-            choice, problem = self._choose(group, probs, dropped)
+            choice, problem = self._choose(group, probs, dropped, grades, p.gold)
             if problem:
-                rejects.append(Reject("sppo", problem[0], {
-                    "prompt": prompt, "prompt_id": pid, "responses": [s.text for s in group],
-                    "problems": [s.problem for s in group], "scores": score, "probability": probs}, detail=problem[1]))
+                record = {"prompt": p.messages, "prompt_id": p.id, "responses": [s.text for s in group],
+                          "problems": [s.problem for s in group], "scores": score, "probability": probs}
+                if grades is not None:
+                    record.update(gold_answer=p.gold.text, verdicts=[g.correct if g else None for g in grades])
+                rejects.append(Reject("sppo", problem[0], record, detail=problem[1]))
             else:
-                rows.append(self._row(pid, prompt, group, probs, score, choice, shard))
+                rows.append(self._row(p, group, probs, score, choice, shard, grades))
         stats.update(prompts=len(prompts), responses=sum(map(len, groups)), pairs=len(rows),
                      unusable_responses={k: v for k, v in unusable.items() if v})
         return ShardOutput(rows, rejects, stats)
@@ -266,16 +291,27 @@ class Sppo(PromptedSynthesizer):
         drop = RESPONSE_RULES.first_drop({"text": text, "finish_reason": c.finish_reason})
         return Sample(text, c.n_tokens, drop.reason if drop else None, drop is None)
 
-    def _matrices(self, prompts, groups, shard) -> tuple[list[Matrix], list[list[float | None] | None]]:
+    def _graded(self, prompts, groups, shard) -> list[list | None]:
+        """The verifier's Graded of every usable sample (None: left out), or None per group
+        when no verifier is the preference."""
+        if self.verifier_config() is None:
+            return [None] * len(groups)
+        usable = [[(s.text, s.tokens) if s.problem is None else None for s in group] for group in groups]
+        return self._grade(prompts, usable, f"{shard.label} verifier")
+
+    def _matrices(self, prompts, groups, graded, shard) -> tuple[list[Matrix], list[list[float | None] | None]]:
         """The win matrix of every group (one batched preference call for the shard), and the
-        rewards (Bradley-Terry) or None (judge). Samples the model could not score are marked."""
+        rewards (Bradley-Terry, verifier) or None (judge). Samples the model could not score are marked."""
         pref = self.config.preference
+        if pref.kind == "verifier":
+            return ([bradley_terry([g.value if g else None for g in grades], pref.temperature) for grades in graded],
+                    [[g.reward if g else None for g in grades] for grades in graded])
         if pref.kind == "judge":
-            asked = [(prompt, [s.text if s.problem is None else None for s in group])
-                     for (_, prompt), group in zip(prompts, groups)]
+            asked = [(p.messages, [s.text if s.problem is None else None for s in group])
+                     for p, group in zip(prompts, groups)]
             return [m.probs for m in self._judge_model().win_matrices(asked)], [None] * len(groups)
-        convs = [prompt + [{"role": "assistant", "content": s.text}]
-                 for (_, prompt), group in zip(prompts, groups) for s in group if s.problem is None]
+        convs = [p.messages + [{"role": "assistant", "content": s.text}]
+                 for p, group in zip(prompts, groups) for s in group if s.problem is None]
         rewards = iter(self._reward().score(convs, progress=f"{shard.label} rewards") if convs else [])
         scores = []
         for group in groups:
@@ -288,10 +324,13 @@ class Sppo(PromptedSynthesizer):
             scores.append(values)
         return [bradley_terry(v, pref.temperature) for v in scores], scores
 
-    def _choose(self, group: list[Sample], probs: Matrix, dropped: list[int]):
+    def _choose(self, group: list[Sample], probs: Matrix, dropped: list[int], graded=None, gold=None):
         if not any(s.finished for s in group):
             return None, ("all_truncated_or_empty", f"{len(group)} samples, none finished with usable text "
                                                     "(truncated, empty or broken)")
+        usable = [g for g in graded or () if g is not None]
+        if len(usable) >= 2 and len({g.reward for g in usable}) == 1:  # tie-breaks alone: no pair
+            return None, same_outcome(usable, gold)
         choice, problem = choose(probs, [s.text for s in group])
         if problem and problem[0] == "too_few_valid":
             why = Counter(s.problem for s in group if s.problem)
@@ -299,19 +338,20 @@ class Sppo(PromptedSynthesizer):
             problem = (problem[0], f"{problem[1]} ({', '.join(f'{k}: {v}' for k, v in sorted(why.items()))})")
         return choice, problem
 
-    def _row(self, pid, prompt, group, probs, score, choice: Choice, shard: Shard) -> dict:
+    def _row(self, p, group, probs, score, choice: Choice, shard: Shard, graded=None) -> dict:
         chosen = [{"role": "assistant", "content": group[choice.chosen].text}]
         rejected = [{"role": "assistant", "content": group[choice.rejected].text}]
         rev = self._revisions()
         return {
-            "id": row_id(prompt, chosen, rejected), "prompt": prompt, "chosen": chosen, "rejected": rejected,
+            "id": row_id(p.messages, chosen, rejected), "prompt": p.messages, "chosen": chosen, "rejected": rejected,
             "method": "sppo", "model": self.recipe.model.model, "iteration": self.recipe.iteration,
-            "prompt_id": pid, "chosen_probs": choice.chosen_probs, "chosen_probs_win": choice.chosen_probs_win,
+            "prompt_id": p.id, "chosen_probs": choice.chosen_probs, "chosen_probs_win": choice.chosen_probs_win,
             "chosen_probs_lose": choice.chosen_probs_lose, "probability": probs, "win_rates": choice.win_rates,
             "all_responses": [s.text for s in group], "all_scores": score, "all_tokens": [s.tokens for s in group],
             "preference_model": rev["preference_model"], "preference_model_revision": rev["preference"],
             "preference_kind": self.config.preference.kind, "model_revision": rev["model"],
             "sampling": {**self.config.sampling.model_dump(), "n": self.config.k, "seed": shard.seed},
+            **(verifier_columns(p.gold, graded, choice.chosen, choice.rejected) if graded is not None else {}),
         }
 
     # -- models -------------------------------------------------------------------------------
@@ -336,13 +376,16 @@ class Sppo(PromptedSynthesizer):
         pref = self.config.preference
         if pref.kind == "judge":
             return self._judge_model().describe()
+        if pref.kind == "verifier":
+            return {"kind": "verifier", "rule": "P[i][j] = sigmoid((v_i - v_j) / temperature), v = reward + tie-break",
+                    "temperature": pref.temperature, "verifier": self._verifier().describe()}
         return {"kind": "bradley_terry", "rule": "P[i][j] = sigmoid((r_i - r_j) / temperature)",
                 "temperature": pref.temperature, "reward_model": self._reward().describe()}
 
     def _revisions(self) -> dict[str, str | None]:
         if not hasattr(self, "_rev"):
             described = self._preference_describe()
-            model = described.get("reward_model", described)
+            model = described.get("verifier") or described.get("reward_model", described)
             self._rev = {"model": self._revision(),
                          "preference_model": model.get("model"), "preference": model.get("revision")}
         return self._rev
@@ -368,6 +411,4 @@ class Sppo(PromptedSynthesizer):
     def provenance(self) -> dict[str, Any]:
         out = {"sampling": {**self.config.sampling.model_dump(), "n": self.config.k},
                "preference": self._preference_describe()}
-        if self._magpie is not None:
-            out["magpie"] = self._magpie.provenance()
-        return out
+        return {**out, **self._prompt_provenance()}
