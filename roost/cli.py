@@ -19,6 +19,8 @@ from roost.recipe import load_recipe
 
 # Prefect's ephemeral server would try to send telemetry; these machines (and many clusters) are offline.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Its default 20 s start-up wait fails a run on a busy machine (seen with load 6 on 2 cores).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize and curate LLM alignment data.")
 console = Console(stderr=True)
@@ -136,16 +138,30 @@ def iterate(
         logs.setup(out_dir, verbose)
         from roost.build import preflight
         from roost.flows.iterate import iterate_flow
-        from roost.iterate import check_resumable, iteration_recipe
+        from roost.iterate import check_held_out, check_resumable, iteration_recipe
 
         check_resumable(rec, rec.loop, out_dir)
+        check_held_out(rec, rec.loop)
         preflight(iteration_recipe(rec, 0, rec.model.model), out_dir / "iter-0" / "data")
         manifest = iterate_flow(rec, rec.loop, str(out_dir))
-    out_console = Console()
+    _print_iterate_summary(manifest, out_dir)
+
+
+def _print_iterate_summary(manifest: dict, out_dir: Path) -> None:
+    out = Console()
+    if base := manifest.get("baseline"):
+        out.print(f"base model {base['model']}: held-out {base['metric']} {base['value']:.4f}", soft_wrap=True)
     for step in manifest["iterations"]:
-        out_console.print(f"iteration {step['iteration']}: {step.get('rows')} rows from {step['model']} -> "
-                          f"model {step['output']} (exit {step.get('exit_code')})", soft_wrap=True)
-    out_console.print(f"final model: {manifest['final_model']}  manifest: {out_dir / 'iterations.json'}", soft_wrap=True)
+        ev = step.get("eval")
+        score = f"; held-out {ev['metric']} {ev['value']:.4f} ({ev.get('gain', 0):+.4f})" if ev else ""
+        out.print(f"iteration {step['iteration']}: {step.get('rows')} rows from {step['model']} -> "
+                  f"model {step['output']} (exit {step.get('exit_code')}){score}", soft_wrap=True)
+    if stop := manifest.get("stopped"):
+        out.print(f"stopped after iteration {stop['iteration']}: {stop['reason']}", soft_wrap=True)
+    if "best_model" in manifest:
+        best = manifest["best"]
+        out.print(f"best model: {manifest['best_model']} ({best['metric']} {best['value']:.4f})", soft_wrap=True)
+    out.print(f"final model: {manifest['final_model']}  manifest: {out_dir / 'iterations.json'}", soft_wrap=True)
 
 
 @app.command("eval")

@@ -142,11 +142,65 @@ def check_resumable(recipe: Recipe, loop: LoopConfig, out: Path) -> None:
                              f"this one {recipe.fingerprint()}); choose another --out or delete it")
 
 
+def check_held_out(recipe: Recipe, loop: LoopConfig) -> None:
+    """`loop.eval`'s problems must be held out: none may be a prompt any iteration trains on
+    (compared as text, case and spacing ignored). Prompts Magpie makes up are not known ahead."""
+    from roost.reasoning.problems import ProblemRows
+
+    if loop.eval is None:
+        return
+    cfg = loop.eval.problems
+    rows = ProblemRows(cfg)
+    held_out = {_norm(q): q for q in rows.questions(cfg.start, cfg.stop)}
+    for t in range(loop.iterations):
+        rec = iteration_recipe(recipe, t, recipe.model.model)
+        for text in training_prompts(rec):
+            if (key := _norm(text)) in held_out:
+                raise ConfigError(f"field 'loop.eval.problems': the held-out problem {held_out[key][:80]!r} is also a "
+                                  f"training prompt of iteration {t}; evaluate on rows no iteration trains on")
+
+
+def training_prompts(recipe: Recipe):
+    """The user-turn texts of a build's input rows (the rows it will use), where it reads a dataset."""
+    from roost.sources import open_source
+
+    cfg = recipe.synthesizer
+    spec = next((x for x in (getattr(cfg, name, None) for name in ("problems", "prompts", "input"))
+                 if getattr(x, "path", None)), None)
+    if spec is None:
+        return
+    limit = recipe.output.num_rows
+    seen = 0
+    for batch in open_source(spec.path, split=spec.split).batches():
+        for row in batch:
+            if limit is not None and seen >= limit:
+                return
+            seen += 1
+            yield from _texts(row)
+
+
+def _texts(row: dict):
+    for name in ("question", "problem", "instruction", "prompt", "messages"):
+        value = row.get(name)
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            users = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "user"]
+            if users and isinstance(users[-1], str):
+                yield users[-1]
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def run_iterations(recipe: Recipe, loop: LoopConfig, out: str | Path, *,
                    build: Callable[[Recipe, str], dict], train: Callable[[str, Path], int] = run_training,
+                   evaluate: Callable[[Any, str], dict] | None = None,
                    on_step: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """The whole loop (see the module doc). `build(recipe, out_dir)` makes one iteration's data
-    (the Prefect build flow, or roost.build's functions); `train(command, log)` runs the command."""
+    (the Prefect build flow, or roost.build's functions); `train(command, log)` runs the command;
+    `evaluate(eval_recipe, out_dir)` measures a model (default roost.evaluation.run.run_eval)."""
     from roost import __version__
 
     out = Path(out)
@@ -154,49 +208,135 @@ def run_iterations(recipe: Recipe, loop: LoopConfig, out: str | Path, *,
     manifest = read_manifest(out) or {"recipe_hash": recipe.fingerprint(), "recipe": recipe.model_dump(mode="json"),
                                       "roost_version": __version__, "iterations": []}
     manifest.update(loop=loop.model_dump(), status="running")
+    manifest.pop("stopped", None)
     steps: list[dict] = manifest["iterations"]
     model = recipe.model.model
+    judge = Progress(loop, out, evaluate, on_step)
+    if loop.eval is not None:
+        manifest["baseline"] = judge.measure(recipe.model, out / "eval-base", "base model")
+        write_manifest(out, manifest)
     for t in range(loop.iterations):
         folder = out / f"iter-{t}"
         step = steps[t] if t < len(steps) else None
         if step and step.get("status") == "trained" and model_problem(Path(step["output"])) is None:
             on_step(f"iteration {t}: done before, model {step['output']}")
-            model = step["output"]
-            continue
-        rec = iteration_recipe(recipe, t, model)
-        on_step(f"iteration {t}: building data with {model}")
-        built = build(rec, str(folder / "data"))
-        if loop.release_engines:
-            from roost.engines import release_all
-
-            release_all()
-        data = training_data(out, t, recipe, loop)
-        output = folder / "model"
-        if output.exists():
-            shutil.rmtree(output)  # a model left by an interrupted or failed run
-        command = render_command(loop, data=data, model=model, output=output, t=t)
-        step = {"iteration": t, "model": model, "data": str(folder / "data"), "train_data": str(data),
-                "rows": built.get("rows"), "output": str(output), "command": command,
-                "log": str(folder / "train.log"), "status": "training", "started": _now()}
-        steps[t:] = [step]
-        write_manifest(out, manifest)
-        on_step(f"iteration {t}: training ({folder / 'train.log'})")
-        code = train(command, folder / "train.log")
-        step.update(exit_code=code, finished=_now())
-        problem = None if code == 0 else f"the training command exited with {code}"
-        if problem is None and (why := model_problem(output)) is not None:
-            problem = f"the training command exited 0 but left no loadable model at {output} ({why})"
-        if problem:
-            step.update(status="failed", problem=problem)
-            manifest["status"] = "failed"
+        else:
+            step = _build_and_train(recipe, loop, out, t, model, build, train, on_step, manifest)
+        model = step["output"]
+        if loop.eval is not None:
+            step["eval"] = judge.measure(_trained(recipe, model), folder / "eval", f"iteration {t}'s model")
             write_manifest(out, manifest)
-            raise TrainingFailed(f"iteration {t}: {problem}; see its log {folder / 'train.log'}")
-        step["status"] = "trained"
-        model = str(output)
-        write_manifest(out, manifest)
+            if step["eval"]["value"] == 0:
+                _fail(out, manifest, step, f"the trained model {model} scores 0 {loop.eval.metric} on the held-out "
+                                           "problems (check the training command's settings and its log)")
+            if (stop := judge.verdict(t, step)) is not None:
+                manifest["stopped"] = stop
+                on_step(f"iteration {t}: {stop['reason']}; stopping")
+                del steps[t + 1:]  # iterations a longer earlier run made are not this loop's
+                break
     manifest.update(status="complete", final_model=model)
+    if loop.eval is not None:
+        manifest.update(judge.best(manifest))
     write_manifest(out, manifest)
     return manifest
+
+
+def _build_and_train(recipe: Recipe, loop: LoopConfig, out: Path, t: int, model: str, build, train, on_step,
+                     manifest: dict) -> dict:
+    """Iteration t: build its data with `model`, run the training command, check the model it saved."""
+    folder = out / f"iter-{t}"
+    rec = iteration_recipe(recipe, t, model)
+    on_step(f"iteration {t}: building data with {model}")
+    built = build(rec, str(folder / "data"))
+    if loop.release_engines:
+        from roost.engines import release_all
+
+        release_all()
+    data = training_data(out, t, recipe, loop)
+    output = folder / "model"
+    if output.exists():
+        shutil.rmtree(output)  # a model left by an interrupted or failed run
+    command = render_command(loop, data=data, model=model, output=output, t=t)
+    step = {"iteration": t, "model": model, "data": str(folder / "data"), "train_data": str(data),
+            "rows": built.get("rows"), "output": str(output), "command": command,
+            "log": str(folder / "train.log"), "status": "training", "started": _now()}
+    steps = manifest["iterations"]
+    steps[t:] = [step]
+    write_manifest(out, manifest)
+    on_step(f"iteration {t}: training ({folder / 'train.log'})")
+    code = train(command, folder / "train.log")
+    step.update(exit_code=code, finished=_now())
+    problem = None if code == 0 else f"the training command exited with {code}"
+    if problem is None and (why := model_problem(output)) is not None:
+        problem = f"the training command exited 0 but left no loadable model at {output} ({why})"
+    if problem:
+        _fail(out, manifest, step, problem, f"; see its log {folder / 'train.log'}")
+    step["status"] = "trained"
+    write_manifest(out, manifest)
+    return step
+
+
+def _fail(out: Path, manifest: dict, step: dict, problem: str, hint: str = "") -> None:
+    step.update(status="failed", problem=problem)
+    manifest["status"] = "failed"
+    write_manifest(out, manifest)
+    raise TrainingFailed(f"iteration {step['iteration']}: {problem}{hint}")
+
+
+def _trained(recipe: Recipe, model: str):
+    """The engine config of a trained model: the policy's settings, the model replaced (the same
+    identity the next iteration's build uses, so the engine is shared)."""
+    if model == recipe.model.model:
+        return recipe.model
+    return recipe.model.model_copy(update={"model": model, "revision": None, "tokenizer": None})
+
+
+class Progress:
+    """Held-out measurement of each iteration's model (`loop.eval`): the metric, the gain over
+    the model before it, when to stop, which model is best."""
+
+    def __init__(self, loop: LoopConfig, out: Path, evaluate, on_step):
+        self.cfg, self.out, self.on_step = loop.eval, out, on_step
+        if evaluate is None:
+            from roost.evaluation.run import run_eval as evaluate
+        self.evaluate = evaluate
+        self.previous: float | None = None
+
+    def measure(self, engine_config, folder: Path, who: str) -> dict:
+        from roost.errors import OutputMismatch
+
+        recipe = self.cfg.recipe_for(engine_config)
+        self.on_step(f"eval: {who} on {recipe.problems.path} rows {recipe.problems.start}:{recipe.problems.stop or ''}")
+        try:
+            summary = self.evaluate(recipe, str(folder))
+        except OutputMismatch:  # evaluated before with other settings: derived data, measure again
+            shutil.rmtree(folder)
+            summary = self.evaluate(recipe, str(folder))
+        value = summary["metrics"][self.cfg.metric]
+        record = {"model": engine_config.model, "metric": self.cfg.metric, "value": value,
+                  "stderr": summary["stderr"].get(self.cfg.metric), "metrics": summary["metrics"],
+                  "summary": str(folder / "summary.json")}
+        if self.previous is not None:
+            record["gain"] = round(value - self.previous, 6)
+        self.on_step(f"eval: {who}: {self.cfg.metric} {value:.4f}"
+                     + (f" ({record['gain']:+.4f})" if "gain" in record else ""))
+        self.previous = value
+        return record
+
+    def verdict(self, t: int, step: dict) -> dict | None:
+        """Why the loop stops after iteration t, or None."""
+        ev = step["eval"]
+        if "gain" in ev and ev["gain"] < self.cfg.min_gain:
+            return {"iteration": t, "reason": f"{self.cfg.metric} gained {ev['gain']:+.4f} < min_gain "
+                                              f"{self.cfg.min_gain}"}
+        return None
+
+    def best(self, manifest: dict) -> dict:
+        candidates = [manifest["baseline"]] + [s["eval"] for s in manifest["iterations"] if "eval" in s]
+        top = max(candidates, key=lambda e: e["value"])
+        return {"best_model": top["model"], "best": {"metric": top["metric"], "value": top["value"],
+                                                     "iteration": next((s["iteration"] for s in manifest["iterations"]
+                                                                        if s.get("eval") is top), None)}}
 
 
 def _now() -> str:

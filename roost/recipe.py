@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from roost.config import DatasetInput, Strict, fingerprint, throughput
 from roost.engines.config import EngineConfig
+from roost.evaluation.config import LoopEval
 from roost.errors import ConfigError
 from roost.stages.base import STAGES
 from roost.synthesizers.base import SYNTHESIZERS
@@ -63,6 +64,7 @@ class LoopConfig(Strict):
     mix_previous: bool = False
     subset: str = Field("data", pattern=r"^[A-Za-z0-9_.-]+$")
     release_engines: bool = True  # free the process's models before training (the GPU is the trainer's)
+    eval: LoopEval | None = None  # held-out evaluation after each training; stops the loop on no gain
 
     @field_validator("train")
     @classmethod

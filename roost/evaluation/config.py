@@ -31,9 +31,9 @@ class EvalFormat(Strict):
     header: str = prompting.HEADER  # reference solutions' steps are counted at this header
 
 
-class EvalRecipe(Strict):
-    name: str = "eval"
-    model: EngineConfig
+class EvalSettings(Strict):
+    """What is evaluated and how, for any model (`roost eval`'s recipe, `roost iterate`'s `loop.eval`)."""
+
     problems: EvalSet
     format: EvalFormat = EvalFormat()
     greedy: bool = True  # one greedy solution per problem (pass@1)
@@ -59,5 +59,35 @@ class EvalRecipe(Strict):
             return sorted(set(self.pass_k))
         return sorted({1, self.samples}) if self.samples else []
 
+
+
+class EvalRecipe(EvalSettings):
+    name: str = "eval"
+    model: EngineConfig
+
     def fingerprint(self) -> str:
         return fingerprint(self)
+
+
+ACCURACY_METRICS = ("greedy_accuracy", "sampled_accuracy", "maj@k", "pass@k")
+
+
+class LoopEval(EvalSettings):
+    """`loop.eval` of `roost iterate`: after each training, the new model on held-out problems;
+    the loop stops when `metric` gains less than `min_gain` over the model before it."""
+
+    metric: str = "sampled_accuracy"  # greedy_accuracy, sampled_accuracy, maj@<samples>, pass@<k>
+    min_gain: float = 0.0
+
+    @model_validator(mode="after")
+    def _metric(self):
+        from roost.evaluation.verifiable import metric_names
+
+        known = [m for m in metric_names(self.samples, self.ks, self.greedy) if "accuracy" in m or "@" in m]
+        if self.metric not in known:
+            raise ValueError(f"unknown metric {self.metric!r} for these settings; one of {', '.join(known)}")
+        return self
+
+    def recipe_for(self, model: EngineConfig) -> EvalRecipe:
+        fields = self.model_dump(exclude={"metric", "min_gain"}, exclude_unset=True)
+        return EvalRecipe(model=model, **fields)

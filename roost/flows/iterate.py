@@ -1,5 +1,5 @@
 """Prefect flow for `roost iterate`: thin wiring over roost.iterate (build as a subflow, then
-the user's training command as a task, per iteration)."""
+the user's training command as a task, then the held-out evaluation as a subflow, per iteration)."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from roost import iterate as work
 from roost.flows.build import build_flow
+from roost.flows.evaluate import eval_flow
 from roost.recipe import LoopConfig, Recipe
 
 
@@ -20,7 +21,7 @@ def train(command: str, log: Path) -> int:
 
 @flow(name="roost-iterate", log_prints=True)
 def iterate_flow(recipe: Recipe, loop: LoopConfig, out: str) -> dict:
-    return work.run_iterations(recipe, loop, out, build=build_flow, train=train, on_step=_say)
+    return work.run_iterations(recipe, loop, out, build=build_flow, train=train, evaluate=eval_flow, on_step=_say)
 
 
 def _say(message: str) -> None:
