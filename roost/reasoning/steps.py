@@ -16,6 +16,11 @@ all of them). Binary search finds *a* boundary; when p is not monotone in k it m
 the first one, which the linear scan (`search="linear"`, every prefix in one round) always
 finds, at n/log2(n) times the rollouts. `estimate` is the only thing that touches a model,
 so the search is tested with scripted values too.
+
+`bound`: where an exact check of single steps (roost.reasoning.step_check) fails step j, the
+prefix of j steps holds an error whatever the rollouts say, so the search runs in [0, j]
+instead of [0, n] (p_j is taken as 0, not estimated). Rollouts still decide below j: an
+earlier step may be wrong in a way the check cannot see.
 """
 from __future__ import annotations
 
@@ -56,6 +61,15 @@ def first_step_of(continuation: str, header: str = "Step {k}:") -> str:
     return (continuation[: m.start()] if m else continuation).strip()
 
 
+def continuation_steps(continuation: str, header: str = "Step {k}:") -> list[str]:
+    """The steps of a continuation that starts inside a step (after its header): the body of
+    that step, then every later step's body (the final answer is in the last)."""
+    matches = list(header_pattern(header).finditer(continuation))
+    ends = [m.start() for m in matches] + [len(continuation)]
+    starts = [0] + [m.end() for m in matches]
+    return [continuation[a:b].strip() for a, b in zip(starts, ends)]
+
+
 @dataclass
 class Estimate:
     k: int  # prefix length in steps
@@ -76,9 +90,17 @@ class Search:
     lo: int = 0  # p_lo > threshold
     hi: int = 0  # p_hi <= threshold
     rounds: int = 0
+    bound: int | None = None  # the first step an exact check failed (1..n): the search's upper end
 
     def __post_init__(self):
-        self.hi = self.n
+        if self.bound is not None and not 1 <= self.bound <= self.n:
+            raise ValueError(f"bound {self.bound} outside 1..{self.n}")
+        self.hi = self.top
+
+    @property
+    def top(self) -> int:
+        """The shortest prefix known to be wrong without rollouts: the bound, or the whole solution."""
+        return self.n if self.bound is None else self.bound
 
     @property
     def solvable(self) -> bool:
@@ -89,7 +111,7 @@ class Search:
         if not self.solvable or self.hi - self.lo <= 1:
             return []
         if self.mode == "linear":
-            return [k for k in range(1, self.n) if k not in self.estimates]
+            return [k for k in range(1, self.top) if k not in self.estimates]
         return [(self.lo + self.hi) // 2]
 
     def record(self, estimate: Estimate) -> None:
@@ -99,8 +121,8 @@ class Search:
         """After a round: narrow the interval (binary) or settle on the first boundary (linear)."""
         self.rounds += 1
         if self.mode == "linear":
-            p = {0: self.p0, **{k: e.p for k, e in self.estimates.items()}, self.n: 0.0}
-            self.hi = next(k for k in range(1, self.n + 1) if p[k] <= self.threshold and p[k - 1] > self.threshold)
+            p = {0: self.p0, **{k: e.p for k, e in self.estimates.items()}, self.top: 0.0}
+            self.hi = next(k for k in range(1, self.top + 1) if p[k] <= self.threshold and p[k - 1] > self.threshold)
             self.lo = self.hi - 1
             return
         mid = (self.lo + self.hi) // 2
