@@ -1,12 +1,15 @@
 """`roost eval` recipes: which model, on which problems, sampled how."""
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
 
 from roost.config import SamplingConfig, Strict, fingerprint, throughput
-from roost.engines.config import EngineConfig
+from roost.engines.config import EngineConfig, RewardModelConfig
 from roost.reasoning import prompting
 from roost.reasoning.problems import Problems
+from roost.synthesizers.prompted import PromptSource
 
 
 class EvalSet(Problems):
@@ -61,9 +64,87 @@ class EvalSettings(Strict):
 
 
 
+# -- open-ended prompts: win rate against a reference (roost.evaluation.winrate) ------------------
+
+
+class OpenEndedPrompts(PromptSource):
+    """The prompts: a dataset (`path`: SFT or preference rows; the conversation up to its last
+    user turn is the prompt; the assistant turn after it, or the chosen answer, is its gold
+    answer), as a synthesizer's `prompts:` reads it. Magpie prompts are not a fixed set."""
+
+    @model_validator(mode="after")
+    def _fixed_set(self):
+        if self.magpie is not None:
+            raise ValueError("an evaluation reads a fixed set of prompts: give prompts.path, not prompts.magpie")
+        return self
+
+
+class ModelReference(Strict):
+    """Another model answers the same prompts (e.g. the base model before training), with the
+    same sampling and the same seeds."""
+
+    model: EngineConfig
+
+
+class RewardModelJudge(Strict):
+    """P(model beats reference) = sigmoid((r_model - r_reference) / temperature), Bradley-Terry
+    over a scalar reward model (sppo's `bradley_terry` preference)."""
+
+    kind: Literal["reward_model"] = "reward_model"
+    reward_model: RewardModelConfig
+    temperature: float = Field(1.0, gt=0)
+
+
+class PairwiseJudgeSpec(Strict):
+    """A chat model asked which answer is better, both orders averaged (roost.judges.pairwise,
+    sppo's `judge` preference)."""
+
+    kind: Literal["pairwise"] = "pairwise"
+    model: EngineConfig | None = None  # None: the evaluated model judges
+    template: str | None = None  # a template file with {conversation}, {response_a}, {response_b}
+
+    @field_validator("template")
+    @classmethod
+    def _readable(cls, path: str | None) -> str | None:
+        from roost.judges.pairwise import load_template
+
+        load_template(path)
+        return path
+
+
+class OpenEnded(Strict):
+    """`open_ended:` of an eval recipe: the model's answer to each prompt against a reference's
+    (another model's, or the dataset's own `gold` answers), judged per prompt."""
+
+    prompts: OpenEndedPrompts
+    reference: Union[Literal["gold"], ModelReference] = "gold"
+    judge: Annotated[Union[RewardModelJudge, PairwiseJudgeSpec], Field(discriminator="kind")]
+    sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=512)  # greedy by default
+    max_prompts: int | None = Field(None, ge=1)  # the first N rows of prompts (default: all)
+
+    @property
+    def gold(self) -> bool:
+        return self.reference == "gold"
+
+
 class EvalRecipe(EvalSettings):
     name: str = "eval"
     model: EngineConfig
+    problems: EvalSet | None = None  # verifiable problems (roost.evaluation.verifiable)
+    open_ended: OpenEnded | None = None  # open-ended prompts (roost.evaluation.winrate)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_half(cls, data, handler):
+        if isinstance(data, dict) and data.get("problems") is None and data.get("open_ended") is None:
+            from pydantic_core import PydanticCustomError, ValidationError
+
+            raise ValidationError.from_exception_data(cls.__name__, [{
+                "type": PydanticCustomError("missing", "required: give problems (verifiable problems with gold "
+                                                       "answers) or open_ended (win rate on open-ended prompts), "
+                                                       "or both"),
+                "loc": ("problems",), "input": data}])
+        return handler(data)
 
     def fingerprint(self) -> str:
         return fingerprint(self)

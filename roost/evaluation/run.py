@@ -8,6 +8,10 @@ on disk is always a whole one. A killed evaluation re-run into the same OUT keep
 finished parts (each carries the recipe's fingerprint) and evaluates the rest; the seeds of a
 part depend on the recipe's seed and the part's index only, so the outcomes are the same as an
 uninterrupted run's.
+
+A recipe with `open_ended:` also (or only: `problems` is optional then) measures the win rate
+against a reference on open-ended prompts, under OUT/open_ended/ (roost.evaluation.winrate);
+the summary gets an `open_ended` section.
 """
 from __future__ import annotations
 
@@ -40,6 +44,12 @@ def run_eval(recipe: EvalRecipe, out: str | Path, *, say: Callable[[str], None] 
     out = Path(out)
     key = recipe.fingerprint()
     check_resumable(recipe, out)
+    if recipe.open_ended is not None:
+        from roost.evaluation import winrate
+
+        winrate.check_resumable(recipe, out)
+    if recipe.problems is None:  # open-ended prompts only
+        return _run_open_ended_only(recipe, out, key, say)
     source = ProblemRows(recipe.problems)
     start = recipe.problems.start
     stop = min(recipe.problems.stop or source.total, source.total)
@@ -67,8 +77,11 @@ def run_eval(recipe: EvalRecipe, out: str | Path, *, say: Callable[[str], None] 
     if bad:
         atomic_write_table(out / "unusable.parquet", pa.Table.from_pylist(
             [{"id": b.id, "reason": b.reason, "detail": b.detail, "row": json.dumps(b.row, default=str)} for b in bad]))
+    if recipe.open_ended is not None:
+        section, oe_engine = winrate.run_open_ended(recipe, out, say=say)
+        engine = engine or oe_engine
     summary = {
-        "roost_version": __version__, "kind": "eval", "recipe_hash": key, "recipe": recipe.model_dump(mode="json"),
+        "roost_version": __version__, "kind": "eval", "recipe_hash": key, "recipe": _recipe_record(recipe),
         "model": recipe.model.model, "engine": engine.describe() if engine else None,
         "set": {"path": recipe.problems.path, "rows": [start, stop], "convention": source.convention,
                 "question_column": source.question, "answer_column": source.answer},
@@ -78,9 +91,35 @@ def run_eval(recipe: EvalRecipe, out: str | Path, *, say: Callable[[str], None] 
         "available_metrics": metric_names(recipe.samples, recipe.ks, recipe.greedy),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if recipe.open_ended is not None:
+        summary = {**{k: v for k, v in summary.items() if k != "seconds"}, "open_ended": section,
+                   "seconds": round(time.perf_counter() - t0, 1)}
     if engine is None:  # every part was done before: keep the engine record of the run that made them
         old = read_summary(out)
         summary["engine"] = old.get("engine") if old else None
+    atomic_write_bytes(out / SUMMARY, json.dumps(summary, indent=2, default=str).encode())
+    return summary
+
+
+def _recipe_record(recipe: EvalRecipe) -> dict:
+    """The recipe as the summary records it (no `open_ended: null` in a verifiable-only one)."""
+    return recipe.model_dump(mode="json", exclude={"open_ended"} if recipe.open_ended is None else None)
+
+
+def _run_open_ended_only(recipe: EvalRecipe, out: Path, key: str, say: Callable[[str], None]) -> dict:
+    """An eval recipe without `problems`: the open-ended half alone (roost.evaluation.winrate)."""
+    from roost import __version__
+    from roost.evaluation import winrate
+    from roost.writer import atomic_write_bytes
+
+    t0 = time.perf_counter()
+    section, engine = winrate.run_open_ended(recipe, out, say=say)
+    old = read_summary(out) if engine is None else None
+    summary = {
+        "roost_version": __version__, "kind": "eval", "recipe_hash": key, "recipe": _recipe_record(recipe),
+        "model": recipe.model.model, "engine": engine.describe() if engine else (old or {}).get("engine"),
+        "open_ended": section, "seconds": round(time.perf_counter() - t0, 1),
+    }
     atomic_write_bytes(out / SUMMARY, json.dumps(summary, indent=2, default=str).encode())
     return summary
 
@@ -163,8 +202,14 @@ def preflight(recipe: EvalRecipe, out: str | Path) -> None:
     ensure_available(recipe.model.model, recipe.model.revision)
     if Path(recipe.model.model).expanduser().exists() and (why := local_model_problem(recipe.model.model)):
         raise ModelError(f"model '{recipe.model.model}': {why}")
-    source = ProblemRows(recipe.problems)
-    if recipe.problems.start >= source.total:
-        raise InputError(f"{recipe.problems.path}: start {recipe.problems.start} is past its last row "
-                         f"({source.total} rows)")
+    if recipe.problems is not None:
+        source = ProblemRows(recipe.problems)
+        if recipe.problems.start >= source.total:
+            raise InputError(f"{recipe.problems.path}: start {recipe.problems.start} is past its last row "
+                             f"({source.total} rows)")
+    if recipe.open_ended is not None:
+        from roost.evaluation import winrate
+
+        winrate.preflight(recipe)
+        winrate.check_resumable(recipe, Path(out))
     check_resumable(recipe, Path(out))
