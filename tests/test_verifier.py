@@ -120,7 +120,8 @@ def test_pairs_are_right_vs_wrong_with_the_verifier_reward_in_the_row():
     assert row["rejected"][0]["content"] == WRONG  # of the two wrong ones, the longer
     assert (row["chosen_score"], row["rejected_score"], row["score_gap"]) == (1.0, 0.0, 1.0)
     assert row["all_scores"] == [0.0, 1.0, 1.0, 0.0] and row["all_verdicts"] == [False, True, True, False]
-    assert (row["chosen_correct"], row["rejected_correct"], row["gold_answer"], row["chosen_answer"]) == (True, False, "23", "23")
+    assert (row["chosen_correct"], row["rejected_correct"]) == (True, False)
+    assert (row["gold_answer"], row["chosen_answer"], row["rejected_answer"]) == ("23", "23", "22")
     assert row["all_answers"] == ["22", "23", "23", None] and row["solve_rate"] == 0.5
     assert row["reward_model"] == "math-verify" and VERIFIED_PAIRS.problem(row) is None
     every, _ = _pairs([WRONG, RIGHT, RIGHT + " Done.", NO_ANSWER], pair_rule="all_above_margin")
@@ -231,7 +232,8 @@ def _check_groups(data, rejects, rows, stage: str) -> Counter:
     for row in data:
         gold = answer[row["prompt"][-1]["content"]]
         assert _right(row["chosen"][0]["content"], gold) and not _right(row["rejected"][0]["content"], gold)
-        assert row["chosen_correct"] and not row["rejected_correct"] and row["gold_answer"] == gold.split("####")[1].strip()
+        assert row["chosen_correct"] and not row["rejected_correct"]
+        assert row["gold_answer"] == gold.split("####")[1].strip()
         assert row["chosen"][0]["content"].startswith("Let's think step by step.\nStep 1:")  # the model's own opener
     groups = [(r["reason"], json.loads(r["record"])) for r in rejects if r["stage"] == stage]
     for reason, record in groups:
@@ -250,10 +252,13 @@ def _check_groups(data, rejects, rows, stage: str) -> Counter:
 def test_reward_pairs_verifier_end_to_end_from_the_recipe(tmp_path, tiny_math_path, monkeypatch):
     from roost.engines.vllm_engine import VLLMEngine
 
-    seen = []
-    generate = VLLMEngine.generate
-    monkeypatch.setattr(VLLMEngine, "generate", lambda self, prompts, *a, **kw: (seen.extend(prompts),
-                                                                                   generate(self, prompts, *a, **kw))[1])
+    seen, generate = [], VLLMEngine.generate
+
+    def spy(self, prompts, *args, **kwargs):  # what the policy is asked, as text
+        seen.extend(prompts)
+        return generate(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(VLLMEngine, "generate", spy)
     data_path, rows = _problems(tmp_path, PICK)
     raw = yaml.safe_load(RECIPE.read_text())
     raw["model"]["model"] = str(tiny_math_path)

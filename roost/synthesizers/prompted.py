@@ -83,8 +83,9 @@ class PromptRows(InputRows):
         if self.gold:
             self.convention, self.answer = convention, c.answer_column or answer
             if self.answer not in names:
-                raise InputError(f"synthesizer.prompts.answer_column: {c.path} has no {self.answer!r} column of gold answers for "
-                                 f"the verifier (columns: {', '.join(sorted(names))}); set prompts.answer_column")
+                raise InputError(f"synthesizer.prompts.answer_column: {c.path} has no {self.answer!r} column of "
+                                 f"gold answers for the verifier (columns: {', '.join(sorted(names))}); "
+                                 "set prompts.answer_column")
         if c.question_column is None:
             try:
                 return super()._detect(schema)
@@ -204,9 +205,10 @@ class PromptedSynthesizer(Synthesizer):
     def _grade(self, prompts: list[Prompt], groups: list[list[tuple[str, int] | None]], progress: str):
         """The verifier's Graded for every (text, tokens) of every prompt's group, in one call
         (None stays None: a response left out)."""
-        items = [(p, x) for p, group in zip(prompts, groups) for x in group if x is not None]
-        graded = iter(self._verifier().score([p.messages + [{"role": "assistant", "content": text}] for p, (text, _) in items],
-                                             [p.gold for p, _ in items], [n for _, (_, n) in items], progress=progress))
+        items = [(p, text, n) for p, group in zip(prompts, groups) for text, n in filter(None, group)]
+        convs = [p.messages + [{"role": "assistant", "content": text}] for p, text, _ in items]
+        graded = iter(self._verifier().score(convs, [p.gold for p, _, _ in items], [n for *_, n in items],
+                                             progress=progress))
         return [[next(graded) if x is not None else None for x in group] for group in groups]
 
     def _prompt_provenance(self) -> dict:

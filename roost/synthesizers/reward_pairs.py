@@ -168,7 +168,8 @@ class RewardPairs(PromptedSynthesizer):
         prompts, rejects, stats = self._prompts(shard)
         engine = self._policy()
         sampling = self.config.sampling.to_engine(n=self.config.k)
-        gens = engine.chat([p.messages for p in prompts], sampling, seed=shard.seed, progress=f"{shard.label} responses")
+        gens = engine.chat([p.messages for p in prompts], sampling, seed=shard.seed,
+                           progress=f"{shard.label} responses")
         groups, unusable = [], Counter()
         for gen in gens:
             group = []
@@ -186,7 +187,8 @@ class RewardPairs(PromptedSynthesizer):
                                         shard, gold=p.gold)
             if problem:
                 record = {"prompt": p.messages, "prompt_id": p.id, "responses": [t for t, _, _ in group],
-                          "scores": [self._score_of(r) if r else None for r in rewards], "finish": [ok for *_, ok in group]}
+                          "scores": [self._score_of(r) if r else None for r in rewards],
+                          "finish": [ok for *_, ok in group]}
                 if p.gold is not None:
                     record.update(gold_answer=p.gold.text, verdicts=[r.correct if r else None for r in rewards])
                 rejects.append(Reject("reward_pairs", problem[0], record, detail=problem[1]))
@@ -254,7 +256,8 @@ class RewardPairs(PromptedSynthesizer):
             rows.append({
                 "id": rid, "prompt": prompt, "chosen": chosen, "rejected": rejected,
                 "method": "reward_ranked", "model": self.recipe.model.model, "iteration": self.recipe.iteration,
-                "prompt_id": pid, "chosen_score": self._score_of(rewards[a]), "rejected_score": self._score_of(rewards[b]),
+                "prompt_id": pid,
+                "chosen_score": self._score_of(rewards[a]), "rejected_score": self._score_of(rewards[b]),
                 "score_gap": gap, "difficulty": None if threshold is None else ("easy" if gap >= threshold else "hard"),
                 "chosen_tokens": group[a][1], "rejected_tokens": group[b][1],
                 "all_scores": [self._score_of(r) if r is not None else None for r in rewards],
