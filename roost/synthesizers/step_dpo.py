@@ -26,6 +26,22 @@ OmegaPRM), so the whole pipeline runs on one open model, offline. Per shard of p
 Solutions that are truncated, whose steps are not numbered 1..n, or whose problem no sample
 solved (no prefix is known to be recoverable) are not searched: they go to rejects with the
 reason, as do located errors no continuation rectified.
+
+`locate.step_check` (roost.reasoning.step_check): where a task allows checking a single step
+(`arithmetic`: every `a op b = c` holds; or the user's `python: "module:function"`), rollouts
+alone are not trusted. A noisy policy still reaches the gold answer from some wrong
+prefixes, so with few rollouts the first wrong step is placed too late, and a lucky
+continuation with a second, compensating error ("35 + 6 = 31" after "8 * 3 = 25") is kept as
+`chosen`. With a checker:
+- the first step of a wrong solution that fails the check bounds the search: the first wrong
+  step is at most that one (the binary search runs in [0, j]; rollouts still decide below j,
+  as a step may be wrong in a way the check cannot see, e.g. a misread number);
+- a continuation whose chosen step or any later step fails the check is refused
+  (`refused_continuations`; all refused: a `step_check_refused` reject);
+- a solution with the right answer whose step fails the check gets PRM labels bad from that
+  step on (`correct_answer_failed_check`);
+- each row's `step_check` says what was checked; `chosen_unchecked` counts pairs whose chosen
+  step had nothing to check (no equation).
 """
 from __future__ import annotations
 
@@ -43,13 +59,24 @@ from roost.engines.base import derive_seed, render_chat
 from roost.errors import InputError
 from roost.reasoning import prompting
 from roost.reasoning.answers import Gold, grade, read_gold
-from roost.reasoning.steps import Estimate, Search, first_step_of, header_pattern, join_steps, locate, split_steps
+from roost.reasoning.step_check import BuiltinKind, Checker, Verdict, checker, load_function
+from roost.reasoning.steps import (Estimate, Search, continuation_steps, first_step_of, header_pattern, join_steps,
+                                   locate, split_steps)
 from roost.schemas import RowSchema, row_id
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, Synthesizer, SynthesizerConfig
 from roost.synthesizers.prompted import SAMPLED
 from roost.writer import Reject
 
 ESTIMATE = pa.struct([("k", pa.int64()), ("p", pa.float64()), ("rollouts", pa.int64()), ("correct", pa.int64())])
+STEP_CHECK = pa.struct([
+    ("checker", pa.string()),  # "arithmetic", "python:module:function"
+    ("first_failing_step", pa.int64()),  # of the wrong solution: the search's upper end (null: every step passed)
+    ("first_failing_reason", pa.string()),
+    ("chosen", pa.string()),  # ok / unchecked (nothing to check in it); the continuation's later steps all passed
+    ("continuation_steps", pa.int64()),  # steps of full_chosen checked (the chosen step first)
+    ("rejected", pa.string()),  # ok / unchecked / fail (a wrong step the check cannot see passes)
+    ("rejected_reason", pa.string()),
+])
 STEP_DPO_COLUMNS = ("dataset", "prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen", "full_rejected",
                     "answer")
 
@@ -95,6 +122,18 @@ STEP_PAIRS = RowSchema("preference", pa.schema([
     pa.field("model_revision", pa.string()),
     pa.field("sampling", SAMPLED),
 ]), _check)
+# with locate.step_check: what the check said (other builds' rows are unchanged)
+CHECKED_STEP_PAIRS = RowSchema("preference", STEP_PAIRS.arrow.append(pa.field("step_check", STEP_CHECK)), _check)
+
+# what the step check did, per shard (with locate.step_check)
+CHECK_STATS = ("failed_check",  # sampled solutions with a step that fails the check
+               "correct_answer_failed_check",  # ...of them with the right final answer (PRM: bad from that step on)
+               "search_bounded_by_check",  # searched wrong solutions whose search ran in [0, first failing step]
+               "located_at_check",  # ...located at that step
+               "judge_overruled_by_check",  # locate.method judge: the judge named a later step
+               "refused_continuations",  # rectified continuations refused: the chosen step or a later one fails
+               "refused_chosen_step", "refused_later_step",
+               "chosen_unchecked")  # pairs whose chosen step had nothing to check (no equation)
 
 STEP_DPO_SUBSET = pa.schema([pa.field(c, pa.string()) for c in STEP_DPO_COLUMNS])
 PRM_SUBSET = pa.schema([pa.field("prompt", pa.string()), pa.field("completions", pa.list_(pa.string())),
@@ -126,6 +165,34 @@ class StepFormat(Strict):
         return value
 
 
+class StepCheck(Strict):
+    """`step_check: arithmetic` (a built-in kind), or `step_check: {python: "module:function"}`
+    with f(problem, step) -> None / True (ok), a reason (str) or False."""
+    kind: BuiltinKind | None = None
+    python: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, value):
+        return {"kind": value} if isinstance(value, str) else value
+
+    @field_validator("python")
+    @classmethod
+    def _importable(cls, value: str | None) -> str | None:
+        if value is not None:
+            load_function(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.kind is None) == (self.python is None):
+            raise ValueError("give a built-in kind (arithmetic) or python: 'module:function', not both or neither")
+        return self
+
+    def build(self) -> Checker:
+        return checker(self.kind, python=self.python)
+
+
 class Locate(Strict):
     # rollouts: the policy's own Monte-Carlo estimates; judge: an LLM reads the solution
     # against a reference solution, with Step-DPO's prompt (for users with a strong judge)
@@ -138,6 +205,9 @@ class Locate(Strict):
     search: Literal["binary", "linear"] = "binary"
     sampling: SamplingConfig | None = None  # default: the solutions' sampling
     max_errors_per_problem: int = Field(2, ge=1)  # distinct wrong solutions searched per problem
+    # an exact check of single steps (roost.reasoning.step_check): bounds the search, refuses
+    # continuations that fail it; none: rollouts alone (absent from fingerprints at the default)
+    step_check: StepCheck | None = None
 
     @model_validator(mode="after")
     def _judge(self):
@@ -240,6 +310,7 @@ class Solution:
     answer: str | None
     truncated: bool
     search: Search | None = None
+    failing: tuple[int, Verdict] | None = None  # the first step failing locate.step_check, and why
     prm_labels: list[bool] | None = None
     pairs: list[dict] = field(default_factory=list)
 
@@ -254,6 +325,9 @@ class StepDpo(Synthesizer):
     def __init__(self, config: StepDpoConfig, recipe):
         super().__init__(config, recipe)
         self._problems = None
+        self._checker: Checker | None = None
+        if config.locate.step_check is not None:
+            self.schema = CHECKED_STEP_PAIRS
 
     def check(self) -> None:
         self.problem_rows()
@@ -266,6 +340,12 @@ class StepDpo(Synthesizer):
     def plan(self) -> list[Shard]:
         return self.slices(self.problem_rows().total)
 
+    def step_checker(self) -> Checker | None:
+        spec = self.config.locate.step_check
+        if spec is not None and self._checker is None:
+            self._checker = spec.build()
+        return self._checker
+
     # -- one shard ------------------------------------------------------------------------------
 
     def generate(self, shard: Shard) -> ShardOutput:
@@ -273,6 +353,8 @@ class StepDpo(Synthesizer):
         for problem, reject in self.problem_rows().problems(shard.start, shard.stop):
             (problems.append(problem) if problem else rejects.append(reject))
         stats = Counter(problems=len(problems))
+        if self.step_checker():  # every count of the check in the manifest, zeros too
+            stats.update(dict.fromkeys(CHECK_STATS, 0))
         solutions = self._solve(problems, shard, stats)
         searches = self._searches(solutions, rejects, stats)
         if searches and self.config.locate.method == "judge":
@@ -290,6 +372,8 @@ class StepDpo(Synthesizer):
         prm = [self._prm_row(s) for s in solutions if s.prm_labels is not None]
         step_dpo = [{c: row[c] if c != "prompt" else row["problem"] for c in STEP_DPO_COLUMNS} for row in rows]
         stats.update(pairs=len(rows), prm_rows=len(prm))
+        if self.step_checker():
+            stats["chosen_unchecked"] = sum(row["step_check"]["chosen"] == "unchecked" for row in rows)
         return ShardOutput(rows, rejects, dict(stats), {"step_dpo": step_dpo, "prm": prm})
 
     def _solve(self, problems: list[Problem], shard: Shard, stats: Counter) -> list[Solution]:
@@ -307,9 +391,18 @@ class StepDpo(Synthesizer):
                                           verdict.answer, c.truncated))
                 stats["solution_tokens"] += c.n_tokens
         stats.update(solutions=len(solutions), correct=sum(s.correct for s in solutions))
+        check = self.step_checker()
         for s in solutions:
+            if check and s.steps:
+                s.failing = check.first_failing(s.problem.question, s.steps)
+                if s.failing:
+                    stats["failed_check"] += 1
             if s.correct and s.steps:
-                s.prm_labels = [True] * len(s.steps)
+                # the right answer, by a step that fails the check: bad from that step on
+                j = s.failing[0] if s.failing else len(s.steps) + 1
+                s.prm_labels = [k < j for k in range(1, len(s.steps) + 1)]
+                if s.failing:
+                    stats["correct_answer_failed_check"] += 1
         return solutions
 
     def _searches(self, solutions: list[Solution], rejects: list[Reject], stats: Counter) -> list[Solution]:
@@ -339,7 +432,10 @@ class StepDpo(Synthesizer):
                                                                     "answer": s.answer}, id=s.problem.id, detail=problem[1]))
                     continue
                 seen.add(s.text)
-                s.search = Search(len(s.steps), rate, cfg.threshold, cfg.search)
+                bound = s.failing[0] if s.failing else None
+                s.search = Search(len(s.steps), rate, cfg.threshold, cfg.search, bound=bound)
+                if bound is not None:
+                    stats["search_bounded_by_check"] += 1
                 out.append(s)
         stats["searched"] = len(out)
         return out
@@ -368,6 +464,8 @@ class StepDpo(Synthesizer):
             stats["located"] += k is not None
             if k is not None:
                 s.prm_labels = [i < k for i in range(1, len(s.steps) + 1)]
+                if k == s.search.bound:
+                    stats["located_at_check"] += 1
 
     def _judge_locate(self, searched: list[Solution], shard: Shard, rejects: list[Reject], stats: Counter) -> None:
         """Step-DPO's way: a judge model names the first wrong step (greedy, one request)."""
@@ -392,6 +490,9 @@ class StepDpo(Synthesizer):
                                       id=s.problem.id, detail=why))
                 s.search = None  # nothing located, nothing to rectify
                 continue
+            if s.search.bound is not None and s.search.bound < k:  # an earlier step fails the exact check
+                k = s.search.bound
+                stats["judge_overruled_by_check"] += 1
             s.search.mode, s.search.lo, s.search.hi = "judge", k - 1, k
             stats["located"] += 1
 
@@ -401,25 +502,57 @@ class StepDpo(Synthesizer):
         prompts = [self._prefix(s.problem, s.steps[: s.search.first_wrong - 1], s.search.first_wrong) for s in located]
         gens = self._policy().generate(prompts, sampling, seed=derive_seed(shard.seed, "rectify"),
                                        progress=f"{shard.label} rectify")
+        check = self.step_checker()
         for s, gen in zip(located, gens):
             k = s.search.first_wrong
             rejected = " " + s.steps[k - 1]
             verdicts = [(c, grade(s.problem.gold, c.text)) for c in gen.completions]
             good = [(c, v) for c, v in verdicts if v.correct]
-            seen = set()
+            seen, refused = set(), 0
             for c, v in good:
                 chosen = " " + first_step_of(c.text, self.config.format.header)
                 if chosen.strip() in seen or chosen.strip() == rejected.strip() or not chosen.strip():
                     continue
+                checked = None
+                if check:
+                    checked = self._check_continuation(check, s, k, c.text, stats)
+                    if checked is None:
+                        refused += 1
+                        continue
                 seen.add(chosen.strip())
-                s.pairs.append(self._row(s, k, chosen, rejected, c.text, v.answer, len(good), len(verdicts), shard))
+                s.pairs.append(self._row(s, k, chosen, rejected, c.text, v.answer, len(good), len(verdicts), shard,
+                                         checked))
             stats["rectified"] += bool(s.pairs)
             if not s.pairs:
-                reason = "not_rectified" if not good else "no_new_step"
+                reason = "not_rectified" if not good else "step_check_refused" if refused else "no_new_step"
+                detail = f"{len(good)} of {len(verdicts)} continuations from step {k} reached the answer"
+                if refused:
+                    detail += (f", {refused} refused by the step check ({check.name}), the rest with the rejected "
+                               "step's text")
+                elif good:
+                    detail += ", each with the rejected step's text"
                 rejects.append(Reject("rectify", reason, {"problem": s.problem.question, "solution": s.text,
-                                                          "first_wrong_step": k}, id=s.problem.id,
-                                      detail=f"{len(good)} of {len(verdicts)} continuations from step {k} reached the "
-                                             "answer" + ("" if not good else ", each with the rejected step's text")))
+                                                          "first_wrong_step": k}, id=s.problem.id, detail=detail))
+
+    def _check_continuation(self, check: Checker, s: Solution, k: int, continuation: str, stats: Counter) -> dict | None:
+        """The row's `step_check`, or None when the chosen step or a later one fails the check
+        (the continuation is refused, counted)."""
+        question = s.problem.question
+        prefix = check.first_failing(question, s.steps[: k - 1])
+        if prefix is not None:  # cannot happen: k is at most the first failing step
+            raise AssertionError(f"step {prefix[0]} of the correct prefix fails the step check: {prefix[1].reason}")
+        steps = continuation_steps(continuation, self.config.format.header)
+        verdicts = [check(question, step) for step in steps]
+        failed = next((i for i, v in enumerate(verdicts) if not v.ok), None)
+        if failed is not None:
+            stats["refused_continuations"] += 1
+            stats["refused_chosen_step" if failed == 0 else "refused_later_step"] += 1
+            return None
+        rejected = check(question, s.steps[k - 1])
+        j, why = s.failing if s.failing else (None, None)
+        return {"checker": check.name, "first_failing_step": j, "first_failing_reason": why.reason if why else None,
+                "chosen": verdicts[0].label, "continuation_steps": len(steps), "rejected": rejected.label,
+                "rejected_reason": rejected.reason}
 
     # -- text -----------------------------------------------------------------------------------
 
@@ -440,7 +573,7 @@ class StepDpo(Synthesizer):
         return render_chat(self._policy().tokenizer, [user], add_generation_prompt=True)
 
     def _row(self, s: Solution, k: int, chosen: str, rejected: str, continuation: str, answer: str | None,
-             rectified: int, tried: int, shard: Shard) -> dict:
+             rectified: int, tried: int, shard: Shard, step_check: dict | None = None) -> dict:
         initial = self._reason_steps(s.steps[: k - 1], k)
         prompt = self._chat(s.problem) + initial
         return {
@@ -454,6 +587,7 @@ class StepDpo(Synthesizer):
             "chosen_answer": answer, "rectified": rectified, "rectify_samples": tried,
             "model_revision": self._revision(),
             "sampling": {**self.config.sampling.model_dump(), "n": self.config.samples, "seed": shard.seed},
+            **({"step_check": step_check} if step_check is not None else {}),
         }
 
     def _after_header(self, text: str, k: int) -> str:
@@ -470,11 +604,13 @@ class StepDpo(Synthesizer):
     def provenance(self) -> dict[str, Any]:
         cfg = self.config
         return {"sampling": {**cfg.sampling.model_dump(), "n": cfg.samples}, "format": cfg.format.model_dump(),
-                "locate": cfg.locate.model_dump(), "rectify": cfg.rectify.model_dump(),
+                "locate": cfg.locate.model_dump(exclude={"step_check"} if cfg.locate.step_check is None else None),
+                "rectify": cfg.rectify.model_dump(),
                 "problems": {"path": cfg.problems.path, "convention": self.problem_rows().convention,
                              "question_column": self.problem_rows().question,
                              "answer_column": self.problem_rows().answer},
-                "verifier": _verifier()}
+                "verifier": _verifier(),
+                **({"step_check": self.step_checker().describe()} if self.step_checker() else {})}
 
     def finish(self, writer) -> dict[str, Any]:
         return {"subsets": {name: f"{name}/{writer.split}-*.parquet" for name in self.subsets}}
