@@ -150,15 +150,16 @@ def rule_no_division_by_zero(left: Side, right: Side) -> str | None:
 
 def rule_sides_equal(left: Side, right: Side) -> str | None:
     """`a op b = c` holds; for a running chain (`7 + 5 = 12 - 4 = 8`) the right side may instead
-    start with the left side's value."""
+    start from the left side's value."""
     value = left.value
-    if not right.ops:
-        return None if close_enough(value, right.numbers[0]) else f"{left.text} = {right.text}: {left.text} is {_show(value)}"
-    if right.value == value or close_enough(value, right.numbers[0]):
+    if right.ops and (right.value == value or close_enough(value, right.numbers[0])):
         return None
-    if not left.ops:
-        return None if close_enough(right.value, left.numbers[0]) else f"{left.text} = {right.text}: {right.text} is {_show(right.value)}"
-    return f"{left.text} = {right.text}: {left.text} is {_show(value)}, {right.text} is {_show(right.value)}"
+    if not right.ops and close_enough(value, right.numbers[0]):
+        return None
+    if not left.ops and close_enough(right.value, left.numbers[0]):  # `3.33 = 10 / 3`
+        return None
+    shown = [f"{side.text} is {_show(side.value)}" for side in (left, right) if side.ops] or ["they differ"]
+    return f"{left.text} = {right.text}: {', '.join(shown)}"
 
 
 ARITHMETIC_RULES: tuple[Callable[[Side, Side], str | None], ...] = (rule_no_division_by_zero, rule_sides_equal)
@@ -244,7 +245,8 @@ class Checker:
 
     def describe(self) -> dict:
         if self.spec is None:
-            return {"kind": self.name, "rules": [r.__name__ for r in ARITHMETIC_RULES] if self.name == "arithmetic" else []}
+            rules = ARITHMETIC_RULES if self.name == "arithmetic" else ()
+            return {"kind": self.name, "rules": [r.__name__ for r in rules]}
         out = {"kind": "python", "function": self.spec}
         try:
             source = inspect.getsource(inspect.getmodule(self.fn))
