@@ -31,6 +31,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--span", choices=("full", "first-difference"), default="full",
+                    help="tokens the preference is computed on: the whole completions (TRL's DPO), or both cut "
+                         "just after the first token where they differ (the shared prefix cancels, so the loss is "
+                         "on that one decision; the tokens after it, right given their own past, are not pushed "
+                         "down). See the README's 'Does the data help?'")
+    ap.add_argument("--optim", default="adamw_torch", help="transformers optimizer name (adamw_torch, sgd, ...)")
     args = ap.parse_args()
 
     import torch
@@ -49,16 +55,34 @@ def main() -> None:
         output_dir=str(Path(args.output) / "checkpoints"), max_steps=args.steps, learning_rate=args.lr,
         beta=args.beta, loss_type=args.loss_type.split(","),
         loss_weights=[float(w) for w in args.loss_weights.split(",")] if args.loss_weights else None, per_device_train_batch_size=args.batch_size,
-        max_length=args.max_length, seed=args.seed, report_to=[], save_strategy="no", logging_steps=1,
+        max_length=args.max_length, seed=args.seed, optim=args.optim, report_to=[], save_strategy="no", logging_steps=1,
         use_cpu=not torch.cuda.is_available(),
     )
     model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+    trainer_class = DPOTrainer if args.span == "full" else first_difference_trainer(DPOTrainer)
+    trainer = trainer_class(model=model, args=config, train_dataset=data, processing_class=tokenizer)
     result = trainer.train()
     print(f"trained {args.steps} steps, loss {result.training_loss:.4f}")
     trainer.save_model(args.output)
     tokenizer.save_pretrained(args.output)
+
+
+def first_difference_trainer(base):
+    """DPOTrainer whose rows are cut after the first token where chosen and rejected differ."""
+
+    class FirstDifference(base):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            return dataset.map(cut_at_first_difference, desc=f"Cutting {dataset_name} at the first difference")
+
+    return FirstDifference
+
+
+def cut_at_first_difference(row: dict) -> dict:
+    chosen, rejected = row["chosen_ids"], row["rejected_ids"]
+    n = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    return {"chosen_ids": chosen[: n + 1], "rejected_ids": rejected[: n + 1]}
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def _build(tmp_path, model, data, name, **locate) -> tuple[list[dict], dict, lis
 def _teaches_wrong_arithmetic(row: dict) -> list[str]:
     k = row["first_wrong_step"]
     prefix = split_steps(row["solution"])[: k - 1]
-    return [e for text in prefix + [row["chosen"], row["full_chosen"]] for e in wrong_equations(text)]
+    return [e for text in prefix + [row["chosen_step"], row["full_chosen"]] for e in wrong_equations(text)]
 
 
 def test_step_check_end_to_end(tmp_path, tiny_math_path):
@@ -252,7 +252,7 @@ def test_step_check_end_to_end(tmp_path, tiny_math_path):
             assert k <= check["first_failing_step"] and check["first_failing_reason"]
         assert (check["rejected"] == "fail") == bool(check["rejected_reason"])
         if check["rejected"] == "fail":
-            assert wrong_equations(row["rejected"]), row["rejected"]
+            assert wrong_equations(row["rejected_step"]), row["rejected_step"]
     assert unchecked == total["chosen_unchecked"]
     # a user's checker through the recipe: one that refuses every step refuses every
     # continuation, so nothing is rectified (counted, and a reject with the reason)

@@ -145,8 +145,11 @@ def test_step_dpo_end_to_end(tmp_path, tiny_math_path):
         assert 1 <= k <= row["num_steps"]
         assert row["prompt"].endswith(row["initial_reason_steps"]) and row["initial_reason_steps"].endswith(f"Step {k}:")
         assert row["initial_reason_steps"].startswith("Let's think step by step.\n")
-        assert row["chosen"].strip() != row["rejected"].strip() and "Step " not in row["chosen"]
-        assert row["full_chosen"].startswith(row["chosen"]) and row["full_rejected"].startswith(row["rejected"])
+        assert row["chosen_step"].strip() != row["rejected_step"].strip() and "Step " not in row["chosen_step"]
+        # TRL's columns run to the end of the answer (the trainer ends them with EOS); the steps alone beside them
+        assert row["chosen"] == row["full_chosen"] and row["rejected"] == row["full_rejected"]
+        assert row["chosen"].startswith(row["chosen_step"]) and row["rejected"].startswith(row["rejected_step"])
+        assert "\\boxed" in row["chosen"]
         assert "\\boxed" in row["full_chosen"] and row["chosen_answer"] is not None
         gold = read_gold(row["answer"], "plain")[0]
         assert grade(gold, row["full_chosen"]).correct and not grade(gold, row["solution"]).correct
@@ -159,6 +162,7 @@ def test_step_dpo_end_to_end(tmp_path, tiny_math_path):
     assert pq.read_schema(sorted((out / "step_dpo").glob("*.parquet"))[0]).names == [
         "dataset", "prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen", "full_rejected", "answer"]
     assert [r["prompt"] for r in sd] == [r["problem"] for r in data]
+    assert [(r["chosen"], r["rejected"]) for r in sd] == [(r["chosen_step"], r["rejected_step"]) for r in data]
     # prm/: TRL's step-wise supervision format; labels true before the first wrong step
     assert prm and all(len(r["completions"]) == len(r["labels"]) for r in prm)
     assert any(all(r["labels"]) for r in prm) and any(not all(r["labels"]) for r in prm)

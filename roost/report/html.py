@@ -70,7 +70,8 @@ def _caption(stem: str, summary: Summary) -> str:
         return "Rows kept out of the dataset (rejects/*.parquet), by the stage that removed them and why."
     if stem == "iterations":
         scores = any(not m.endswith("_chars") for it in summary.iterations for m in it["stats"])
-        return "Per iteration: rows and rejects, median lengths" + (" and mean scores." if scores else ".")
+        held = " Held-out accuracy of the base model and of each iteration's trained model." if summary.baseline else ""
+        return "Per iteration: rows and rejects, median lengths" + (" and mean scores." if scores else ".") + held
     return ""
 
 

@@ -11,6 +11,9 @@ def _cell(value) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+HELD_OUT = ("greedy_accuracy", "sampled_accuracy", "sampled_tokens")
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     numeric = [bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows)
                for i in range(len(header))]
@@ -51,6 +54,13 @@ def card_markdown(summary: Summary, figure_paths: dict[str, str]) -> str:
         lines += _table(["iteration", "rows", "rejects", *(f"{m} mean" for m in names)],
                         [[it["iteration"], it["rows"], it["rejects"],
                           *(it["stats"].get(m, {}).get("mean") for m in names)] for it in summary.iterations])
+        if summary.baseline:
+            base = summary.baseline
+            lines += [f"Held-out {base['metric']} of each iteration's trained model (base model: {base['value']:.4f}):", ""]
+            lines += _table(["iteration", f"held-out {base['metric']}", "gain", *HELD_OUT],
+                            [[it["iteration"], it["eval"]["value"], it["eval"].get("gain"),
+                              *(it["eval"]["metrics"].get(m) for m in HELD_OUT)]
+                             for it in summary.iterations if it.get("eval")])
     for name, path in figure_paths.items():
         lines += [f"![{TITLES.get(name, name)}]({path})", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -160,13 +160,14 @@ def _stages_figure(s: Summary) -> bytes | None:
 
 def _iterations_figure(s: Summary) -> bytes | None:
     its = s.iterations
-    if len(its) < 2:
+    if len(its) < 2 and not (s.baseline and any(it.get("eval") for it in its)):
         return None
     xs = [it["iteration"] for it in its]
     lengths = [m for m in s.labels if m.endswith("_chars")]
     scores = [m for m in s.labels if not m.endswith("_chars") and m != REMOVED_SIMILARITY
               and any(m in it["stats"] for it in its)]
-    fig, axes = _grid(2 + bool(scores))
+    held_out = s.baseline is not None and any(it.get("eval") for it in its)
+    fig, axes = _grid(2 + bool(scores) + held_out)
     ax = axes[0]
     width = 0.4 if any(it["rejects"] is not None for it in its) else 0.8
     ax.bar([x - width / 2 if width < 0.8 else x for x in xs], [it["rows"] for it in its], width, label="rows",
@@ -186,10 +187,28 @@ def _iterations_figure(s: Summary) -> bytes | None:
         ax.set_title(title)
         ax.set_ylabel(unit)
         ax.legend(fontsize=8.5)
+    if held_out:
+        _held_out_axis(axes[-1], s)
     for ax in axes:
         ax.set_xlabel("iteration")
-        ax.set_xticks(xs)
+        ax.set_xticks(xs if ax is not axes[-1] or not held_out else [-1, *xs])
+    if held_out:
+        axes[-1].set_xticklabels(["base", *map(str, xs)])
     return _png(fig)
+
+
+def _held_out_axis(ax, s: Summary) -> None:
+    """The held-out metrics of the base model (x = -1) and of the model each iteration trained."""
+    evaluated = [it for it in s.iterations if it.get("eval")]
+    xs = [-1, *(it["iteration"] for it in evaluated)]
+    runs = [s.baseline, *(it["eval"] for it in evaluated)]
+    for j, name in enumerate(("greedy_accuracy", "sampled_accuracy")):
+        ys = [r["metrics"].get(name) for r in runs]
+        if any(y is not None for y in ys):
+            ax.plot(xs, ys, marker="o", label=name, color=f"C{j}")
+    ax.set_title(f"Held-out accuracy (loop metric: {s.baseline['metric']})")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8.5)
 
 
 def figures(summary: Summary) -> dict[str, bytes]:

@@ -51,7 +51,8 @@ class Summary:
     threshold_notes: dict[str, str]  # where each threshold came from
     rejects_by_reason: list[dict[str, Any]]  # {stage, reason, rows}, most first
     sample: list[dict[str, Any]]  # the first rows, texts cut to SAMPLE_CHARS
-    iterations: list[dict[str, Any]] = field(default_factory=list)  # {iteration, rows, rejects, stats}
+    iterations: list[dict[str, Any]] = field(default_factory=list)  # {iteration, rows, rejects, stats, eval}
+    baseline: dict[str, Any] | None = None  # `roost iterate` with loop.eval: the base model's held-out metric
 
     def panels(self):
         """The histogram panels this summary can draw."""
@@ -102,6 +103,7 @@ def summarize(out: Path) -> Summary:
         rejects_by_reason=rejects,
         sample=_sample(scan, schema, found),
         iterations=_iterations(output, scan, found, wide),
+        baseline=output.manifest.get("baseline") if output.is_loop else None,
     )
 
 
@@ -321,7 +323,7 @@ def _iteration_of_build(build: Build, step: dict[str, Any]) -> dict[str, Any]:
     row = _collect(scan.select(*(m.expr.alias(m.name) for m in found)).select(aggs)).row(0, named=True)
     rejects = sum(pq.ParquetFile(f).metadata.num_rows for f in build.rejects)
     return {"iteration": build.iteration, "rows": row["rows"], "rejects": rejects, "model": step.get("model"),
-            "stats": _mean_p50(row, found)}
+            "stats": _mean_p50(row, found), "eval": step.get("eval")}  # held-out metric of the model it trained
 
 
 def _mean_p50(row: dict[str, Any], found: list[Measure]) -> dict[str, dict[str, float | None]]:

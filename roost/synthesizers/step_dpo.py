@@ -16,8 +16,14 @@ OmegaPRM), so the whole pipeline runs on one open model, offline. Per shard of p
    continuations; each that reaches the gold answer gives its step k as `chosen` against the
    wrong step k as `rejected`, one pair per distinct chosen step (Step-DPO's merge);
 5. rows: TRL's standard preference columns (`prompt` = the chat-templated problem with the
-   correct prefix appended, `chosen` / `rejected` = strings), Step-DPO's own columns, and
-   the evidence (first wrong step, each p_k with its rollout count, the verdicts);
+   correct prefix appended; `chosen` / `rejected` = strings: the rectified continuation and
+   the wrong solution, each from step k to its end), the two steps k alone (`chosen_step`,
+   `rejected_step`), Step-DPO's own columns, and the evidence (first wrong step, each p_k
+   with its rollout count, the verdicts). `chosen` / `rejected` run to the end of the answer
+   because a DPO trainer ends every string completion with the end-of-turn token (TRL's
+   DPOTrainer appends EOS): a lone step k there teaches the model to stop after one step
+   (measured: DPO+NLL on step-only rows left 200 of 500 held-out answers without a final
+   answer; on these rows, none). The shared prefix keeps the preference at step k;
 6. subsets: `step_dpo/` with exactly Step-DPO's eight columns, and `prm/`, the rollout
    labels of every graded solution in TRL's step-wise format (`prompt`, `completions`,
    `labels`): the steps before the first wrong one are good, it and the rest bad; every step
@@ -95,8 +101,10 @@ def _check(row: dict) -> str | None:
 STEP_PAIRS = RowSchema("preference", pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("prompt", pa.string(), nullable=False),  # chat-templated problem + the correct prefix + "Step k:"
-    pa.field("chosen", pa.string(), nullable=False),  # a correct step k
-    pa.field("rejected", pa.string(), nullable=False),  # the wrong step k
+    pa.field("chosen", pa.string(), nullable=False),  # a correct step k and the rest of its continuation
+    pa.field("rejected", pa.string(), nullable=False),  # the wrong step k and the rest of the wrong solution
+    pa.field("chosen_step", pa.string()),  # the correct step k alone (Step-DPO's `chosen`)
+    pa.field("rejected_step", pa.string()),  # the wrong step k alone (Step-DPO's `rejected`)
     pa.field("method", pa.string()),
     pa.field("model", pa.string()),
     pa.field("iteration", pa.int64()),
@@ -135,6 +143,8 @@ CHECK_STATS = ("failed_check",  # sampled solutions with a step that fails the c
                "refused_chosen_step", "refused_later_step",
                "chosen_unchecked")  # pairs whose chosen step had nothing to check (no equation)
 
+# Step-DPO's columns, from ours: its prompt is the bare problem, its chosen / rejected the steps alone.
+_STEP_DPO_SOURCE = {"prompt": "problem", "chosen": "chosen_step", "rejected": "rejected_step"}
 STEP_DPO_SUBSET = pa.schema([pa.field(c, pa.string()) for c in STEP_DPO_COLUMNS])
 PRM_SUBSET = pa.schema([pa.field("prompt", pa.string()), pa.field("completions", pa.list_(pa.string())),
                         pa.field("labels", pa.list_(pa.bool_()))])
@@ -370,7 +380,7 @@ class StepDpo(Synthesizer):
                 seen.add(pair["id"])
                 rows.append(pair)
         prm = [self._prm_row(s) for s in solutions if s.prm_labels is not None]
-        step_dpo = [{c: row[c] if c != "prompt" else row["problem"] for c in STEP_DPO_COLUMNS} for row in rows]
+        step_dpo = [{c: row[_STEP_DPO_SOURCE.get(c, c)] for c in STEP_DPO_COLUMNS} for row in rows]
         stats.update(pairs=len(rows), prm_rows=len(prm))
         if self.step_checker():
             stats["chosen_unchecked"] = sum(row["step_check"]["chosen"] == "unchecked" for row in rows)
@@ -576,11 +586,13 @@ class StepDpo(Synthesizer):
              rectified: int, tried: int, shard: Shard, step_check: dict | None = None) -> dict:
         initial = self._reason_steps(s.steps[: k - 1], k)
         prompt = self._chat(s.problem) + initial
+        full_chosen, full_rejected = " " + continuation.strip(), self._after_header(s.text, k)
         return {
-            "id": row_id(prompt, chosen, rejected), "prompt": prompt, "chosen": chosen, "rejected": rejected,
+            "id": row_id(prompt, full_chosen, full_rejected), "prompt": prompt, "chosen": full_chosen,
+            "rejected": full_rejected, "chosen_step": chosen, "rejected_step": rejected,
             "method": "step_dpo", "model": self.recipe.model.model, "iteration": self.recipe.iteration,
             "dataset": self.problem_rows().dataset, "problem": s.problem.question, "initial_reason_steps": initial,
-            "full_chosen": " " + continuation.strip(), "full_rejected": self._after_header(s.text, k),
+            "full_chosen": full_chosen, "full_rejected": full_rejected,
             "answer": s.problem.gold.text, "problem_id": s.problem.id, "first_wrong_step": k,
             "num_steps": len(s.steps), "estimates": [vars(e) for _, e in sorted(s.search.estimates.items())],
             "solve_rate": s.search.p0, "search": s.search.mode, "solution": s.text, "solution_answer": s.answer,
