@@ -484,7 +484,15 @@ def preflight(recipe) -> None:
     from roost.errors import ModelError
 
     cfg = recipe.open_ended
-    open_prompts(cfg)
+    source = open_prompts(cfg)
+    if cfg.gold:
+        stop = min(cfg.max_prompts or source.total, source.total)
+        items, _ = read_items(source, cfg, 0, stop)
+        if not any(it.gold is not None for it in items):
+            from roost.errors import InputError
+
+            raise InputError(f"field 'open_ended.reference': gold, but none of rows [0, {stop}) of {cfg.prompts.path} "
+                             "has an assistant answer after its prompt; give reference: {model: {...}}")
 
     def available(field: str, model: str, revision: str | None) -> None:
         try:
