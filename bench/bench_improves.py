@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--iteration-problems", type=int, default=200, help="new training problems per iteration, (d)-(f)")
     ap.add_argument("--eval-rows", default="2000:2400", help="held-out rows of the shipped problems")
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--settings", default="--steps 60 --lr 3e-5 --beta 0.1 --loss-type sigmoid,sft --batch-size 8",
+    ap.add_argument("--settings", default="--steps 60 --lr 1e-5 --beta 0.1 --loss-type sigmoid,sft --batch-size 8",
                     help="scripts/train_dpo.py settings, the same for every arm")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--out", default=str(REPO / "out" / "bench-improves"))
@@ -147,7 +147,7 @@ class Bench:
     # -- training ---------------------------------------------------------------------------
 
     def command(self, seed: int) -> str:
-        return TRAIN.format(settings=f"{self.args.settings} --seed {seed}")
+        return TRAIN.replace("{settings}", f"{self.args.settings} --seed {seed}")
 
     def trained(self, arm: str, data: Path) -> list[dict]:
         from roost.iterate import run_training
@@ -170,6 +170,7 @@ class Bench:
         """`roost iterate` (its functions, no Prefect) with `loop.eval`: per seed, the metrics of
         every iteration's model ({"iterations": [...]} per run)."""
         from roost.build import build_here
+        from roost.engines import release_all
         from roost.iterate import check_held_out, run_iterations
         from roost.recipe import validate_recipe
 
@@ -188,6 +189,7 @@ class Bench:
             check_held_out(recipe, recipe.loop)
             manifest = run_iterations(recipe, recipe.loop, self.out / arm / f"seed-{seed}", build=build_here,
                                       on_step=lambda s: print(f"  {arm}: {s}", flush=True))
+            release_all()
             its = [s["eval"]["metrics"] for s in manifest["iterations"] if "eval" in s]
             runs.append({"iterations": its, "stopped": manifest.get("stopped"), "best": manifest.get("best")})
             print(f"{arm} seed {seed}: " + " -> ".join(brief(m) for m in [manifest["baseline"]["metrics"], *its]),

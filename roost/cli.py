@@ -180,7 +180,9 @@ def eval_cmd(
     verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
 ) -> None:
     """Evaluate a model on problems with gold answers: greedy accuracy, sampled accuracy, maj@k, pass@k,
-    by number of steps; per-problem outcomes as Parquet beside a JSON summary. Re-running resumes."""
+    by number of steps; and/or (the recipe's `open_ended:`) its win rate against a reference model or gold
+    answers on open-ended prompts, raw and length-controlled. Per-item outcomes as Parquet beside a JSON
+    summary. Re-running resumes."""
     from roost.evaluation.config import EvalRecipe
     from roost.recipe import _read_yaml, apply_overrides, validate
 
@@ -238,6 +240,28 @@ def _harness(raw: dict, task: str, out: Optional[Path], verbose: bool) -> None:
 
 def _print_eval_summary(summary: dict, out_dir: Path) -> None:
     out = Console()
+    if "open_ended" in summary:  # win rate against a reference on open-ended prompts
+        oe = summary["open_ended"]
+        m, se, ref = oe["metrics"], oe["stderr"], oe["reference"] or {}
+        against = "gold answers" if ref.get("kind") == "gold" else ref.get("model", "a reference model")
+        table = Table(title=f"roost eval: {summary['model']} against {against} on {oe['prompts']['path']} "
+                            f"({(oe['judge'] or {}).get('kind', 'judge')})")
+        for name, justify in (("metric", "left"), ("value", "right"), ("+-stderr", "right")):
+            table.add_column(name, justify=justify)
+        for name, value in m.items():
+            if name not in ("prompts", "judged", "unjudged"):
+                table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value),
+                              f"{se[name]:.4f}" if name in se else "")
+        out.print(table)
+        un, bad = oe["unjudged"], oe["unusable"]
+        out.print(f"prompts: {m['prompts']}  judged: {m['judged']}"
+                  + (f"  unjudged: {un['count']} {json.dumps(un['by_reason'])}" if un["count"] else "")
+                  + (f"  unusable rows: {bad['count']} {json.dumps(bad['by_reason'])} "
+                     f"({out_dir / 'open_ended' / 'unusable.parquet'})" if bad["count"] else ""), soft_wrap=True)
+        out.print(f"open-ended outcomes: {out_dir / 'open_ended' / 'outcomes'}", soft_wrap=True)
+    if "metrics" not in summary:  # open-ended prompts only
+        out.print(f"summary: {out_dir / 'summary.json'}", soft_wrap=True)
+        return
     m, se = summary["metrics"], summary["stderr"]
     table = Table(title=f"roost eval: {summary['model']} on {summary['set']['path']} rows "
                         f"{summary['set']['rows'][0]}:{summary['set']['rows'][1]}")
@@ -595,6 +619,7 @@ def demo(
         num_rows=None, shard_size=None, seed=None,
         set_=[f"synthesizer.problems.path={REPO / 'data' / 'arithmetic_problems.jsonl'}"], verbose=verbose,
     )
+    held_out = _demo_does_it_help(math_path, out)
     console.print("[yellow]A report of each output (HTML + PNG figures), and the curated pairs staged for the Hub "
                   "as a dry run (no token, nothing uploaded).[/]")
     from roost.report import write_report
@@ -607,8 +632,49 @@ def demo(
     Console().print(f"\nSFT rows: {out / 'curated'}   reward-ranked pairs: {out / 'pairs-curated'}   SPIN: {out / 'spin'}"
                     f"   SPPO: {out / 'sppo'} (SPPO's own columns: {out / 'sppo' / 'sppo'})   Step-DPO: {out / 'step-dpo'}\n"
                     f"reports: {reports[1]} (and beside each output)   Hub dry run: {staged}\n"
+                    f"{held_out}\n"
                     f"look inside: roost inspect {out / 'sppo'}   the SPIN loop: roost iterate recipes/spin-demo.yaml"
                     + (f"\nlibrary logs: {log}" if log else ""), soft_wrap=True)
+
+
+# The demo's training: scripts/train_dpo.py on the Step-DPO pairs, settings from bench/bench_improves.py.
+DEMO_TRAINING = "--steps 60 --lr 1e-5 --beta 0.1 --loss-type sigmoid,sft --batch-size 8"
+DEMO_HELD_OUT = (2000, 2300)  # rows of data/arithmetic_problems.jsonl no demo build uses
+
+
+def _demo_does_it_help(base: Path, out: Path) -> str:
+    """Train the base math model on the demo's Step-DPO pairs, then evaluate both on held-out
+    problems: the line the demo ends with."""
+    from roost.engines import release_all
+    from roost.evaluation.config import EvalRecipe
+    from roost.evaluation.run import preflight
+    from roost.flows.evaluate import eval_flow
+    from roost.iterate import run_training
+
+    console.print(f"[yellow]Does the data help? A short DPO training of the tiny math model on the Step-DPO pairs "
+                  f"(scripts/train_dpo.py {DEMO_TRAINING}), then roost eval of the base and the trained model on "
+                  f"{DEMO_HELD_OUT[1] - DEMO_HELD_OUT[0]} held-out problems.[/]")
+    release_all()
+    trained = out / "step-dpo-model"
+    shutil.rmtree(trained, ignore_errors=True)
+    command = (f"{sys.executable} {REPO / 'scripts' / 'train_dpo.py'} --data {out / 'step-dpo' / 'data'} "
+               f"--model {base} --output {trained} {DEMO_TRAINING}")
+    if (code := run_training(command, out / "step-dpo-train.log")) != 0:
+        _fail(f"the demo's training exited with {code}; see {out / 'step-dpo-train.log'}", 1)
+    scores = []
+    for name, model in (("base", base), ("trained", trained)):
+        recipe = EvalRecipe(model={"model": str(model), "max_model_len": 1024, "seed": 0},
+                            problems={"path": str(REPO / "data" / "arithmetic_problems.jsonl"),
+                                      "start": DEMO_HELD_OUT[0], "stop": DEMO_HELD_OUT[1]},
+                            sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 256})
+        folder = out / f"eval-{name}"
+        preflight(recipe, folder)
+        scores.append(eval_flow(recipe, str(folder))["metrics"])
+        release_all()
+    (b, t) = scores
+    return (f"held-out accuracy (greedy / sampled, {b['problems']} problems): base {b['greedy_accuracy']:.3f} / "
+            f"{b['sampled_accuracy']:.3f} -> trained {t['greedy_accuracy']:.3f} / {t['sampled_accuracy']:.3f}"
+            f"   ({out / 'eval-base'}, {out / 'eval-trained'})")
 
 
 def _print_build_summary(manifest: dict, out_dir: Path) -> None:

@@ -145,7 +145,7 @@ def test_eval_bad_input_is_one_line_exit_2(tmp_path, tiny_math_path):
         (["--model", tmp_path / "nowhere", "--problems", PROBLEMS], "no such directory"),
         (["--model", tiny_math_path, "--problems", no_gold], "no 'answer' column"),
         (["--model", tiny_math_path, "--problems", PROBLEMS, "--rows", "5000:5100"], "past its last row"),
-        (["--model", tiny_math_path, "--problems", PROBLEMS, "--rows", "20:10"], "problems.stop"),
+        (["--model", tiny_math_path, "--problems", PROBLEMS, "--rows", "20:10"], "must be greater than start"),
         (["--model", tiny_math_path, "--problems", PROBLEMS, "--rows", "a:b"], "--rows"),
         (["--model", tiny_math_path, "--problems", PROBLEMS, "--samples", "0", "--set", "greedy=false"], "nothing to evaluate"),
         (["--model", tiny_math_path, "--problems", PROBLEMS, "--set", "pass_k=[8]"], "pass_k"),
