@@ -20,7 +20,7 @@ randomness); the table prints each arm's mean, its spread (max - min over seeds)
 difference from the base. The training command and its settings are the same for every arm
 (`--train`); they are the user's in real use.
 
-    python bench/bench_improves.py [--train-problems 400] [--eval-rows 2000:2400] [--seeds 2] [--arms ...]
+    python bench/bench_improves.py [--train-problems 400] [--eval-rows 2000:2300] [--seeds 2] [--arms ...]
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ ARMS = ("base", "step_dpo", "outcome", "swapped", "iterative", "spin", "no_lp")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-problems", type=int, default=400, help="training problems for (a)-(c)")
-    ap.add_argument("--iteration-problems", type=int, default=200, help="new training problems per iteration, (d)-(f)")
-    ap.add_argument("--eval-rows", default="2000:2400", help="held-out rows of the shipped problems")
+    ap.add_argument("--iteration-problems", type=int, default=150, help="new training problems per iteration, (d)-(f)")
+    ap.add_argument("--eval-rows", default="2000:2300", help="held-out rows of the shipped problems")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--settings", default="--steps 60 --lr 1e-5 --beta 0.1 --loss-type sigmoid,sft --batch-size 8",
                     help="scripts/train_dpo.py settings, the same for every arm")
@@ -55,6 +55,9 @@ def main() -> None:
     args = ap.parse_args()
     arms = args.arms.split(",")
     out = Path(args.out)
+    from roost import logs
+
+    print(f"library logs: {logs.setup(out)}", flush=True)
     lo, hi = (int(x) for x in args.eval_rows.split(":"))
     bench = Bench(out, lo, hi, args)
     t0 = time.perf_counter()

@@ -150,6 +150,8 @@ def test_eval_bad_input_is_one_line_exit_2(tmp_path, tiny_math_path):
         (["--model", tiny_math_path, "--problems", PROBLEMS, "--samples", "0", "--set", "greedy=false"], "nothing to evaluate"),
         (["--model", tiny_math_path, "--problems", PROBLEMS, "--set", "pass_k=[8]"], "pass_k"),
         (["--model", tiny_math_path], "field 'problems'"),
+        (["--model", tiny_math_path, "--harness", "no_such_task"], "unknown lm-eval task 'no_such_task'"),
+        (["--harness", "roost_arithmetic"], "--harness: needs --model"),
     ]
     for args, needle in cases:
         result, lines = _eval(*args, "--out", tmp_path / "o")

@@ -17,7 +17,16 @@ from roost.errors import InputError
 from roost.reasoning.answers import Gold, read_gold
 from roost.schemas import row_id
 
-_CONVENTIONS = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}
+CONVENTIONS = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}
+
+
+def detect_convention(names, convention: str = "auto") -> tuple[str, str, str]:
+    """(convention, its question column, its answer column) for a set of column names: `auto`
+    takes the first convention whose two columns are there, else `plain` (question, answer)."""
+    if convention == "auto":
+        convention = next((k for k, (q, a) in CONVENTIONS.items() if q in names and a in names), "plain")
+    question, answer = CONVENTIONS.get(convention, ("question", "answer"))
+    return convention, question, answer
 
 
 class Problems(Strict):
@@ -66,16 +75,12 @@ class ProblemRows:
 
     def _columns(self, names: set[str]) -> tuple[str, str, str]:
         c = self.config
-        convention = c.convention
-        if convention == "auto":
-            found = [k for k, (q, a) in _CONVENTIONS.items() if q in names and a in names]
-            convention = found[0] if found else "plain"
-        q_default, a_default = _CONVENTIONS.get(convention, ("question", "answer"))
+        convention, q_default, a_default = detect_convention(names, c.convention)
         question, answer = c.question_column or q_default, c.answer_column or a_default
         missing = [col for col in (question, answer) if col not in names]
         if missing:
             raise InputError(f"{c.path}: no {' or '.join(repr(m) for m in missing)} column for {convention} problems "
-                             f"(columns: {', '.join(sorted(names))}); set question_column / answer_column")
+                             f"(columns: {', '.join(sorted(names))}); set problems.question_column / answer_column")
         return convention, question, answer
 
     def read(self, start: int, stop: int) -> Iterator[Problem | BadProblem]:

@@ -25,6 +25,7 @@ import pyarrow as pa
 from pydantic import model_validator
 
 from roost.config import DatasetInput
+from roost.reasoning.problems import detect_convention
 from roost.errors import ConfigError, InputError
 from roost.filters.base import FilterStep
 from roost.reasoning.answers import Gold, gold_text, read_gold
@@ -43,7 +44,6 @@ RESPONSE_RULES = FilterStep([rules.Truncated("truncated"), rules.Empty("empty"),
 SAMPLED = pa.struct(list(SAMPLING) + [pa.field("n", pa.int64()), pa.field("seed", pa.int64())])
 
 # convention -> (question column, answer column) by default (as roost.synthesizers.step_dpo reads problems)
-CONVENTIONS = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}
 
 
 class PromptSource(DatasetInput):
@@ -76,10 +76,7 @@ class PromptRows(InputRows):
 
     def _detect(self, schema: pa.Schema) -> tuple[str, str]:
         c, names = self.config, set(schema.names)
-        convention = c.convention
-        if convention == "auto":
-            convention = next((k for k, (q, a) in CONVENTIONS.items() if q in names and a in names), "plain")
-        question, answer = CONVENTIONS.get(convention, ("question", "answer"))
+        convention, question, answer = detect_convention(names, c.convention)
         if self.gold:
             self.convention, self.answer = convention, c.answer_column or answer
             if self.answer not in names:

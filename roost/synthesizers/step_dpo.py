@@ -53,7 +53,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -62,9 +61,9 @@ from pydantic import Field, field_validator, model_validator
 from roost.config import SamplingConfig, Strict
 from roost.engines.config import EngineConfig
 from roost.engines.base import derive_seed, render_chat
-from roost.errors import InputError
 from roost.reasoning import prompting
-from roost.reasoning.answers import Gold, grade, read_gold
+from roost.reasoning.answers import grade
+from roost.reasoning.problems import BadProblem, Problem, ProblemRows, Problems
 from roost.reasoning.step_check import BuiltinKind, Checker, Verdict, checker, load_function
 from roost.reasoning.steps import (Estimate, Search, continuation_steps, first_step_of, header_pattern, join_steps,
                                    locate, split_steps)
@@ -153,16 +152,6 @@ PRM_SUBSET = pa.schema([pa.field("prompt", pa.string()), pa.field("completions",
 # -- config --------------------------------------------------------------------------------------
 
 
-class Problems(Strict):
-    path: str  # Parquet file/dir/glob, JSON Lines, hf://<dataset>, a roost output
-    split: str = "train"
-    convention: Literal["auto", "gsm8k", "math", "plain"] = "auto"
-    question_column: str | None = None  # default: question (gsm8k), problem (math)
-    answer_column: str | None = None  # default: answer (gsm8k, plain), solution (math)
-    id_column: str = "id"
-    dataset: str | None = None  # Step-DPO's `dataset` column; default: the input's file or dataset name
-
-
 class StepFormat(Strict):
     instruction: str = prompting.INSTRUCTION  # appended to the problem in the user turn
     opener: str = prompting.OPENER  # the assistant turn starts with this...
@@ -245,69 +234,6 @@ class StepDpoConfig(SynthesizerConfig):
     rectify: Rectify = Rectify()
 
 
-# -- reading problems ----------------------------------------------------------------------------
-
-
-_CONVENTIONS = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    question: str
-    gold: Gold
-    reference: str  # the dataset's own solution (what a judge compares against)
-
-
-class ProblemRows:
-    """The problem input, opened and checked once; one shard's slice read at a time."""
-
-    def __init__(self, config: Problems):
-        from roost.sources import open_source
-
-        self.config = config
-        self.source = open_source(config.path, split=config.split)
-        names = set(self.source.schema.names)
-        self.convention, self.question, self.answer = self._columns(names)
-        total = self.source.count()
-        self.total = total if total is not None else sum(len(b) for b in self.source.batches())
-        if self.total == 0:
-            raise InputError(f"{config.path}: no rows")
-        self.dataset = config.dataset or Path(config.path.removeprefix("hf://")).stem or config.path
-
-    def _columns(self, names: set[str]) -> tuple[str, str, str]:
-        c = self.config
-        convention = c.convention
-        if convention == "auto":
-            found = [k for k, (q, a) in _CONVENTIONS.items() if q in names and a in names]
-            convention = found[0] if found else "plain"
-        q_default, a_default = _CONVENTIONS.get(convention, ("question", "answer"))
-        question, answer = c.question_column or q_default, c.answer_column or a_default
-        missing = [col for col in (question, answer) if col not in names]
-        if missing:
-            raise InputError(f"{c.path}: no {' or '.join(repr(m) for m in missing)} column for {convention} problems "
-                             f"(columns: {', '.join(sorted(names))}); set problems.question_column / answer_column")
-        return convention, question, answer
-
-    def problems(self, start: int, stop: int):
-        """(Problem or None, reject or None) per row of [start, stop)."""
-        for batch in self.source.rows(start, stop):
-            for row in batch:
-                question = row.get(self.question)
-                value = row.get(self.config.id_column)
-                pid = str(value) if value not in (None, "") else row_id(question, row.get(self.answer))
-                if not isinstance(question, str) or not question.strip():
-                    yield None, Reject("problems", "no_question", row, id=pid, detail=f"empty {self.question!r}")
-                    continue
-                gold, why = read_gold(row.get(self.answer), self.convention)
-                if gold is None:
-                    reason = "no_gold_answer" if row.get(self.answer) in (None, "") else "unparsable_gold_answer"
-                    yield None, Reject("problems", reason, row, id=pid, detail=why)
-                    continue
-                reference = str(row.get(self.answer)).split("####")[0].strip() or gold.text
-                yield Problem(pid, question.strip(), gold, reference), None
-
-
 # -- the synthesizer -----------------------------------------------------------------------------
 
 
@@ -360,8 +286,11 @@ class StepDpo(Synthesizer):
 
     def generate(self, shard: Shard) -> ShardOutput:
         problems, rejects = [], []
-        for problem, reject in self.problem_rows().problems(shard.start, shard.stop):
-            (problems.append(problem) if problem else rejects.append(reject))
+        for item in self.problem_rows().read(shard.start, shard.stop):
+            if isinstance(item, BadProblem):
+                rejects.append(Reject("problems", item.reason, item.row, id=item.id, detail=item.detail))
+            else:
+                problems.append(item)
         stats = Counter(problems=len(problems))
         if self.step_checker():  # every count of the check in the manifest, zeros too
             stats.update(dict.fromkeys(CHECK_STATS, 0))
