@@ -646,6 +646,7 @@ def _demo_does_it_help(base: Path, out: Path) -> str:
     """Train the base math model on the demo's Step-DPO pairs, then evaluate both on held-out
     problems: the line the demo ends with."""
     from roost.engines import release_all
+    from roost.errors import OutputMismatch
     from roost.evaluation.config import EvalRecipe
     from roost.evaluation.run import preflight
     from roost.flows.evaluate import eval_flow
@@ -668,7 +669,10 @@ def _demo_does_it_help(base: Path, out: Path) -> str:
                                       "start": DEMO_HELD_OUT[0], "stop": DEMO_HELD_OUT[1]},
                             sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 256})
         folder = out / f"eval-{name}"
-        preflight(recipe, folder)
+        try:
+            preflight(recipe, folder)
+        except OutputMismatch:  # the demo's own folder, from another model or settings: measure again
+            shutil.rmtree(folder)
         scores.append(eval_flow(recipe, str(folder))["metrics"])
         release_all()
     (b, t) = scores

@@ -147,10 +147,14 @@ class EvalRecipe(EvalSettings):
         return handler(data)
 
     def fingerprint(self) -> str:
-        return fingerprint(self)
+        """The settings, and for a local model directory its content: a model retrained into the
+        same path is a new evaluation, never the old one's outcomes."""
+        from pathlib import Path
 
+        from roost.engines.vllm_engine import resolve_revision
 
-ACCURACY_METRICS = ("greedy_accuracy", "sampled_accuracy", "maj@k", "pass@k")
+        path = Path(self.model.model).expanduser()
+        return fingerprint(self, contents={"model": resolve_revision(str(path), None)} if path.is_dir() else None)
 
 
 class LoopEval(EvalSettings):
