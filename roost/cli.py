@@ -183,20 +183,18 @@ def eval_cmd(
     by number of steps; and/or (the recipe's `open_ended:`) its win rate against a reference model or gold
     answers on open-ended prompts, raw and length-controlled. Per-item outcomes as Parquet beside a JSON
     summary. Re-running resumes."""
-    from roost.evaluation.config import EvalRecipe
-    from roost.recipe import _read_yaml, apply_overrides, validate
+    from roost.recipe import _read_yaml, load_eval_recipe
 
     with user_errors():
-        raw = _read_yaml(recipe) if recipe is not None else {}
         start, stop = _row_range(rows)
-        apply_overrides(raw, {"model.model": model, "model.server.url": server, "problems.path": problems,
-                              "problems.start": start, "problems.stop": stop, "samples": samples, **_parse_sets(set_)})
-        if isinstance(raw.get("model"), dict):  # the model's own context length unless the recipe says
-            raw["model"].setdefault("max_model_len", None)
+        overrides = {"model.model": model, "model.server.url": server, "problems.path": problems,
+                     "problems.start": start, "problems.stop": stop, "samples": samples, **_parse_sets(set_)}
         if harness is not None:
-            _harness(raw, harness, out, verbose)
+            raw = _read_yaml(recipe) if recipe is not None else {}
+            _harness({**raw, "model": {**(raw.get("model") or {}), **({"model": model} if model else {})}},
+                     harness, out, verbose)
             return
-        rec = validate(EvalRecipe, raw, str(recipe) if recipe is not None else "options")
+        rec = load_eval_recipe(recipe, overrides)
         out_dir = _out_dir(out or Path("out") / f"eval-{Path(rec.model.model).name}")
         logs.setup(out_dir, verbose)
         from roost.evaluation.run import preflight

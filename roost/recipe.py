@@ -159,6 +159,17 @@ def load_curate_recipe(path: str | Path | None, overrides: dict[str, Any] | None
     return validate(CurateRecipe, raw, str(path) if path is not None else "options")
 
 
+def load_eval_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None):
+    """`roost eval`'s recipe (roost.evaluation.config.EvalRecipe); no file: the overrides alone."""
+    from roost.evaluation.config import EvalRecipe
+
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    apply_overrides(raw, overrides)
+    if isinstance(raw.get("model"), dict):  # the model's own context length unless the recipe says
+        raw["model"].setdefault("max_model_len", None)
+    return validate(EvalRecipe, raw, str(path) if path is not None else "options")
+
+
 def upgrade_build(raw: dict) -> dict:
     """roost 0.1's `synthesizer: magpie` + `magpie: {...}` -> `synthesizer: {kind: magpie, ...}`."""
     kind = raw.get("synthesizer")

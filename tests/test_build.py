@@ -301,10 +301,11 @@ def test_unreadable_recipes_exit_2(tmp_path):
 
 
 def test_shipped_recipes_are_valid():
-    from roost.recipe import load_curate_recipe
+    from roost.recipe import load_curate_recipe, load_eval_recipe
 
     for path in (REPO / "recipes").glob("*.yaml"):
-        recipe = (load_curate_recipe if "curate" in path.name else load_recipe)(path)
+        kind = next((k for k in ("curate", "eval") if path.name.startswith(k)), "build")
+        recipe = {"curate": load_curate_recipe, "eval": load_eval_recipe, "build": load_recipe}[kind](path)
         assert recipe.fingerprint()
 
 
