@@ -158,6 +158,9 @@ def _print_iterate_summary(manifest: dict, out_dir: Path) -> None:
                   f"model {step['output']} (exit {step.get('exit_code')}){score}", soft_wrap=True)
     if stop := manifest.get("stopped"):
         out.print(f"stopped after iteration {stop['iteration']}: {stop['reason']}", soft_wrap=True)
+    if not manifest.get("baseline"):
+        out.print("not measured: no loop.eval block, so nothing here says whether a trained model is better "
+                  "(add eval: with held-out problems to measure each iteration and stop on no gain)", soft_wrap=True)
     if "best_model" in manifest:
         best = manifest["best"]
         out.print(f"best model: {manifest['best_model']} ({best['metric']} {best['value']:.4f})", soft_wrap=True)
