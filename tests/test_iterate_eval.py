@@ -44,7 +44,7 @@ def loop_recipe(model: Path, tmp_path: Path, train: str, **eval_block) -> Path:
 
 
 def test_loop_measures_each_model_and_stops_on_no_gain(tmp_path, tiny_math_path):
-    path = loop_recipe(tiny_math_path, tmp_path, "cp -r {model} {output}")
+    path = loop_recipe(tiny_math_path, tmp_path, "true {data} && cp -r {model} {output}")
     out = tmp_path / "loop"
     result = roost("iterate", str(path), "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -83,7 +83,7 @@ def test_overlapping_held_out_set_and_unknown_metric_are_refused(tmp_path, tiny_
     for block, needle in [({"problems": {"path": str(PROBLEMS), "start": 5, "stop": 40}}, "loop.eval.problems"),
                           ({"metric": "accuracy"}, "unknown metric 'accuracy'"),
                           ({"metric": "pass@8"}, "unknown metric 'pass@8'")]:
-        path = loop_recipe(tiny_math_path, tmp_path, "cp -r {model} {output}", **block)
+        path = loop_recipe(tiny_math_path, tmp_path, "true {data} && cp -r {model} {output}", **block)
         result = roost("iterate", str(path), "--out", str(tmp_path / "o"), cwd=tmp_path)
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], (needle, result.stderr[-2000:])
