@@ -66,6 +66,12 @@ def test_loop_measures_each_model_and_stops_on_no_gain(tmp_path, tiny_math_path)
     assert json.loads((out / "iterations.json").read_text())["stopped"] == manifest["stopped"]
     assert "done before" in again.stderr
 
+    # the report (and so the dataset card) shows the held-out metric of the base and of iteration 0's model
+    report = roost("report", str(out), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (out / "report" / "report.html").read_text()
+    assert "held-out sampled_accuracy" in page and (out / "report" / "figures" / "iterations.png").is_file()
+
 
 def test_a_model_that_scores_zero_fails_the_loop_in_one_line(tmp_path, tiny_math_path):
     script = tmp_path / "zero.py"
