@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from roost.config import SamplingConfig, Strict, fingerprint, throughput
 from roost.engines.config import EngineConfig, RewardModelConfig
+from roost.judges.pairwise import PairwiseJudgeConfig
 from roost.reasoning import prompting
 from roost.reasoning.problems import Problems
 from roost.synthesizers.prompted import PromptSource
@@ -95,21 +96,10 @@ class RewardModelJudge(Strict):
     temperature: float = Field(1.0, gt=0)
 
 
-class PairwiseJudgeSpec(Strict):
-    """A chat model asked which answer is better, both orders averaged (roost.judges.pairwise,
-    sppo's `judge` preference)."""
+class PairwiseJudgeSpec(PairwiseJudgeConfig):
+    """The pairwise judge (roost.judges.pairwise); no model: the evaluated model judges."""
 
     kind: Literal["pairwise"] = "pairwise"
-    model: EngineConfig | None = None  # None: the evaluated model judges
-    template: str | None = None  # a template file with {conversation}, {response_a}, {response_b}
-
-    @field_validator("template")
-    @classmethod
-    def _readable(cls, path: str | None) -> str | None:
-        from roost.judges.pairwise import load_template
-
-        load_template(path)
-        return path
 
 
 class OpenEnded(Strict):

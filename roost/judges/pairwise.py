@@ -34,7 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from pydantic import field_validator
+
+from roost.config import Strict
 from roost.engines.base import render_chat
+from roost.engines.config import EngineConfig
 from roost.errors import ConfigError, ModelError
 from roost.scorers.deita import _encode_with, engine_max_model_len
 
@@ -133,6 +137,20 @@ def answer_token_ids(tokenizer, template: str, encode=None) -> list[int]:
         raise ModelError(f"pairwise judge: 'A' and 'B' are the same token {ids[0]} for {name}")
     return ids
 
+
+
+class PairwiseJudgeConfig(Strict):
+    """A chat model asked which of two answers is better, both orders averaged: the judge of
+    sppo's `judge` preference and of `roost eval`'s open-ended `pairwise` judge."""
+
+    model: EngineConfig | None = None  # None: the model whose answers are judged judges them
+    template: str | None = None  # a template file with {conversation}, {response_a}, {response_b}
+
+    @field_validator("template")
+    @classmethod
+    def _readable(cls, path: str | None) -> str | None:
+        load_template(path)
+        return path
 
 @dataclass
 class Preference:

@@ -49,10 +49,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Sequence, Union
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from roost.config import SamplingConfig, Strict
 from roost.engines.config import EngineConfig, RewardModelConfig
+from roost.judges.pairwise import PairwiseJudgeConfig
 from roost.schemas import MESSAGES, PREFERENCE_ROWS, row_id
 from roost.scorers.verifier import VERIFIER_COLUMNS, VerifierConfig, same_outcome, verifier_columns
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, SynthesizerConfig
@@ -97,20 +98,10 @@ class BradleyTerryPreference(Strict):
     temperature: float = Field(1.0, gt=0)
 
 
-class JudgePreference(Strict):
-    """A chat model as a pairwise judge (roost.judges.pairwise)."""
+class JudgePreference(PairwiseJudgeConfig):
+    """A chat model as a pairwise judge (roost.judges.pairwise); no model: the policy judges."""
 
     kind: Literal["judge"] = "judge"
-    model: EngineConfig | None = None  # None: the policy judges its own samples
-    template: str | None = None  # a template file with {conversation}, {response_a}, {response_b}
-
-    @field_validator("template")
-    @classmethod
-    def _readable(cls, path: str | None) -> str | None:
-        from roost.judges.pairwise import load_template
-
-        load_template(path)
-        return path
 
 
 class VerifierPreference(VerifierConfig):
