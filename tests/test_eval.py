@@ -138,8 +138,9 @@ def test_eval_bad_input_is_one_line_exit_2(tmp_path, tiny_math_path):
     shutil.copy(tiny_math_path / "config.json", broken / "config.json")  # no weights, no tokenizer
     no_gold = tmp_path / "q.parquet"
     pq.write_table(pa.Table.from_pylist([{"question": "What is 2 + 2?"}]), no_gold)
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
+    no_usable = tmp_path / "no-usable.jsonl"  # every row without a gold answer: nothing kept, not a success
+    no_usable.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": "no marker"}) + "\n"
+                                 for i in range(3)))
     cases = [
         (["--model", broken, "--problems", PROBLEMS], "no weights"),
         (["--model", tmp_path / "nowhere", "--problems", PROBLEMS], "no such directory"),
@@ -150,6 +151,7 @@ def test_eval_bad_input_is_one_line_exit_2(tmp_path, tiny_math_path):
         (["--model", tiny_math_path, "--problems", PROBLEMS, "--samples", "0", "--set", "greedy=false"], "nothing to evaluate"),
         (["--model", tiny_math_path, "--problems", PROBLEMS, "--set", "pass_k=[8]"], "pass_k"),
         (["--model", tiny_math_path], "field 'problems'"),
+        (["--model", tiny_math_path, "--problems", no_usable], "none of rows [0, 3) is a usable problem"),
         (["--model", tiny_math_path, "--harness", "no_such_task"], "unknown lm-eval task 'no_such_task'"),
         (["--harness", "roost_arithmetic"], "--harness: needs --model"),
     ]

@@ -64,11 +64,13 @@ def run_eval(recipe: EvalRecipe, out: str | Path, *, say: Callable[[str], None] 
         if path.exists() and read_roost_metadata(path).get("fingerprint") == key:
             continue
         problems = [p for p in items if isinstance(p, Problem)]
-        engine = engine or get_engine(recipe.model)
+        if problems:
+            engine = engine or get_engine(recipe.model)
         rows = evaluate_problems(engine, recipe, problems, part=i)
         table = _with_meta(pa.Table.from_pylist(rows, schema=OUTCOMES), {"fingerprint": key, "rows": [lo, hi]})
         atomic_write_table(path, table)
-        say(f"eval: part {i + 1}/{len(bounds)} ({len(problems)} problems)")
+        if problems:
+            say(f"eval: part {i + 1}/{len(bounds)} ({len(problems)} problems)")
     rows = [r for i in range(len(bounds)) for r in pq.read_table(_part(out, i)).to_pylist()]
     if not rows:
         reasons = Counter(b.reason for b in bad)
