@@ -145,9 +145,13 @@ def _first_provenance(writer: DatasetWriter, done: list[int]) -> dict[str, Any]:
 def build_here(recipe: Recipe, out: str | Path) -> dict[str, Any]:
     """The whole build in this process, shard after shard, without Prefect (a notebook, a bench;
     the CLI's flow runs the same steps as tasks). Resumes like the CLI does."""
+    from roost import stopping
+
     shards = preflight(recipe, out)
     start_manifest(recipe, out, len(shards))
-    for index in writer_for(recipe, out, len(shards)).pending():
+    writer = writer_for(recipe, out, len(shards))
+    stopping.track("shards", lambda: len(shards) - len(writer.pending()), len(shards), manifest=writer.root / "manifest.json")
+    for index in writer.pending():
         run_shard(recipe, out, index)
     return finish_manifest(recipe, out, len(shards))
 

@@ -44,6 +44,15 @@ def user_errors():
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 2))
 
 
+@contextmanager
+def _holding(out_dir: Path):
+    """This run holds OUT (roost.runlock): a second run into it stops with one line."""
+    from roost.runlock import hold
+
+    with hold(out_dir, say=lambda line: console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)):
+        yield
+
+
 def _out_dir(out: Path) -> Path:
     from roost.errors import ConfigError
 
@@ -98,16 +107,17 @@ def build(
 
             raise ConfigError("--ray-workers: only with --ray ADDRESS (or executor: {kind: ray} in the recipe)")
         out_dir = _out_dir(out or Path("out") / rec.name)
-        logs.setup(out_dir, verbose)
-        from roost.build import preflight
-        from roost.flows.build import build_flow
+        with _holding(out_dir):
+            logs.setup(out_dir, verbose)
+            from roost.build import preflight
+            from roost.flows.build import build_flow
 
-        preflight(rec, out_dir)  # user errors surface here, before Prefect and the engines start
-        if rec.executor.kind == "ray":  # an address that does not answer: one line, now
-            from roost.ray_executor import connect
+            preflight(rec, out_dir)  # user errors surface here, before Prefect and the engines start
+            if rec.executor.kind == "ray":  # an address that does not answer: one line, now
+                from roost.ray_executor import connect
 
-            connect(rec.executor.address, quiet=not verbose)
-        manifest = build_flow(rec, str(out_dir))
+                connect(rec.executor.address, quiet=not verbose)
+            manifest = build_flow(rec, str(out_dir))
     _print_build_summary(manifest, out_dir)
 
 
@@ -135,15 +145,16 @@ def iterate(
             raise ConfigError("field 'loop.train': required (give --train 'COMMAND {data} {model} {output}' "
                               "or a loop: block in the recipe)")
         out_dir = _out_dir(out or Path("out") / f"{rec.name}-iterate")
-        logs.setup(out_dir, verbose)
-        from roost.build import preflight
-        from roost.flows.iterate import iterate_flow
-        from roost.iterate import check_held_out, check_resumable, iteration_recipe
+        with _holding(out_dir):
+            logs.setup(out_dir, verbose)
+            from roost.build import preflight
+            from roost.flows.iterate import iterate_flow
+            from roost.iterate import check_held_out, check_resumable, iteration_recipe
 
-        check_resumable(rec, rec.loop, out_dir)
-        check_held_out(rec, rec.loop)
-        preflight(iteration_recipe(rec, 0, rec.model.model), out_dir / "iter-0" / "data")
-        manifest = iterate_flow(rec, rec.loop, str(out_dir))
+            check_resumable(rec, rec.loop, out_dir)
+            check_held_out(rec, rec.loop)
+            preflight(iteration_recipe(rec, 0, rec.model.model), out_dir / "iter-0" / "data")
+            manifest = iterate_flow(rec, rec.loop, str(out_dir))
     _print_iterate_summary(manifest, out_dir)
 
 
@@ -199,12 +210,13 @@ def eval_cmd(
             return
         rec = load_eval_recipe(recipe, overrides)
         out_dir = _out_dir(out or Path("out") / f"eval-{Path(rec.model.model).name}")
-        logs.setup(out_dir, verbose)
-        from roost.evaluation.run import preflight
-        from roost.flows.evaluate import eval_flow
+        with _holding(out_dir):
+            logs.setup(out_dir, verbose)
+            from roost.evaluation.run import preflight
+            from roost.flows.evaluate import eval_flow
 
-        preflight(rec, out_dir)
-        summary = eval_flow(rec, str(out_dir))
+            preflight(rec, out_dir)
+            summary = eval_flow(rec, str(out_dir))
     _print_eval_summary(summary, out_dir)
 
 
@@ -229,8 +241,9 @@ def _harness(raw: dict, task: str, out: Optional[Path], verbose: bool) -> None:
     from roost.evaluation.harness import run_harness
 
     out_dir = _out_dir(out or Path("out") / f"eval-{Path(model).name}-{task}")
-    logs.setup(out_dir, verbose)
-    metrics = run_harness(model, task, out_dir=out_dir, limit=raw.get("limit"))
+    with _holding(out_dir):
+        logs.setup(out_dir, verbose)
+        metrics = run_harness(model, task, out_dir=out_dir, limit=raw.get("limit"))
     table = Table(title=f"lm-evaluation-harness: {task} ({model})")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -316,15 +329,20 @@ def serve(
             target = {"repo": check_repo_id(publish), "private": private}
             hub_token()  # fail now, not at 3 a.m.: the token stays in the environment, never in parameters
         base = _out_dir(out or Path("out") / f"{rec.name}-scheduled")
-        logs.setup(base, verbose)
-        params = serving.parameters(rec, base, cur, target, seed_per_run)
-        deployment = f"roost-scheduled/{name or rec.name}"
-        with serving.prefect_server(base / "logs") as api:
-            Console().print(f"serving {deployment} on cron '{cron}' ({timezone}) through {api}\n"
-                            f"each run writes {base / 'runs'}/<time>-<id>; last good run: {base / 'latest'}; "
-                            f"history: {base / 'runs.json'}\nCtrl-C stops serving and pauses the schedule",
-                            soft_wrap=True)
-            serving.serve(name or rec.name, schedule, params)
+        with _holding(base):
+            logs.setup(base, verbose)
+            params = serving.parameters(rec, base, cur, target, seed_per_run)
+            _serve(serving, name or rec.name, schedule, params, base, cron, timezone)
+
+
+def _serve(serving, name: str, schedule, params: dict, base: Path, cron: str, timezone: str) -> None:
+    deployment = f"roost-scheduled/{name}"
+    with serving.prefect_server(base / "logs") as api:
+        Console().print(f"serving {deployment} on cron '{cron}' ({timezone}) through {api}\n"
+                        f"each run writes {base / 'runs'}/<time>-<id>; last good run: {base / 'latest'}; "
+                        f"history: {base / 'runs.json'}\nCtrl-C stops serving and pauses the schedule",
+                        soft_wrap=True)
+        serving.serve(name, schedule, params)
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -386,12 +404,13 @@ def curate(
             block["model"]["server"] = _with_url(block["model"].get("server"), reward_server)
         rec = validate(CurateRecipe, raw, str(recipe) if recipe is not None else "options")
         out_dir = _out_dir(out)
-        logs.setup(out_dir, verbose)
-        from roost.curate import preflight
-        from roost.flows.curate import curate_flow
+        with _holding(out_dir):
+            logs.setup(out_dir, verbose)
+            from roost.curate import preflight
+            from roost.flows.curate import curate_flow
 
-        preflight(rec, out_dir)  # user errors surface here, before Prefect and the models start
-        manifest = curate_flow(rec, str(out_dir))
+            preflight(rec, out_dir)  # user errors surface here, before Prefect and the models start
+            manifest = curate_flow(rec, str(out_dir))
     _print_curate_summary(manifest, out)
 
 
@@ -562,9 +581,14 @@ def demo(
 ) -> None:
     """Offline end-to-end demo on tiny models built here: Magpie SFT rows, curated; then
     reward-ranked preference pairs from their prompts, curated; SPIN, SPPO and Step-DPO pairs."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with user_errors(), _holding(_out_dir(out)):
+        _demo(out, num_rows, verbose)
+
+
+def _demo(out: Path, num_rows: int, verbose: bool) -> None:
     from roost.tiny_model import TinyModelSpec, build_tiny_model, build_tiny_reward_model
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     log = logs.setup(out, verbose)
     console.print(
         "[yellow]Demo on tiny models built here (2 layers, trained for a few seconds): they have "
@@ -706,7 +730,9 @@ def _print_build_summary(manifest: dict, out_dir: Path) -> None:
 
 
 def main() -> None:  # pragma: no cover
-    app()
+    from roost.stopping import run_cli
+
+    run_cli(lambda: app(prog_name="roost"))
 
 
 if __name__ == "__main__":  # pragma: no cover

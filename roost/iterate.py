@@ -118,8 +118,30 @@ def run_training(command: str, log: Path) -> int:
     with open(log, "wb") as f:
         f.write(f"$ {command}\n".encode())
         f.flush()
-        return subprocess.run(command, shell=True, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env=env).returncode
+        # its own process group, so a stopped loop ends the whole command (the shell and what it started)
+        proc = subprocess.Popen(command, shell=True, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        try:
+            return proc.wait()
+        except BaseException:
+            _end_group(proc)
+            raise
+
+
+def _end_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """SIGTERM to the command's process group, SIGKILL after `grace` seconds."""
+    import signal
+
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def read_manifest(out: Path) -> dict[str, Any]:

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+# Seconds an engine's processes get to end when it is closed (None: the engine library's own
+# default). A stopped run (roost.stopping) sets it low: nothing in flight is worth waiting for.
+SHUTDOWN_GRACE: float | None = None
+
 
 @dataclass(frozen=True)
 class Sampling:

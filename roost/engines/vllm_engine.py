@@ -438,8 +438,11 @@ def resolve_revision(model: str, revision: str | None) -> str | None:
 def shutdown(llm) -> None:
     """End an LLM's engine processes now. Python's exit would, but only in atexit, and a
     multiprocessing child (a Prefect runner's flow run) joins its children before that: the
-    run would never end."""
-    llm.llm_engine.engine_core.shutdown()
+    run would never end. (`base.SHUTDOWN_GRACE`: how long its processes get to end before
+    they are killed; vLLM's default, 5 s, unless a stopped run asked for less.)"""
+    from roost.engines import base
+
+    llm.llm_engine.engine_core.shutdown(timeout=base.SHUTDOWN_GRACE)
 
 
 _ENGINES: dict[tuple, VLLMEngine] = {}

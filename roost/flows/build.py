@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from roost import artifacts, build as work
+from roost import artifacts, build as work, stopping
 from roost.recipe import Recipe
 
 
@@ -28,10 +28,13 @@ def build_shards_on_ray(recipe: Recipe, out: str, pending: list[int], num_shards
 
 @flow(name="roost-build", log_prints=True)
 def build_flow(recipe: Recipe, out: str) -> dict:
+    stopping.note_flow_run()
     shards = work.preflight(recipe, out)
     work.start_manifest(recipe, out, len(shards))
     pending = work.writer_for(recipe, out, len(shards)).pending()
     skipped = len(shards) - len(pending)
+    writer = work.writer_for(recipe, out, len(shards))
+    stopping.track("shards", lambda: len(shards) - len(writer.pending()), len(shards), manifest=writer.root / "manifest.json")
     if skipped:
         print(f"resuming: {skipped} finished shard(s) kept, {len(pending)} to build")
     executor = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from roost import artifacts
+from roost import artifacts, stopping
 from roost.curate import curate
 from roost.recipe import CurateRecipe
 
@@ -20,6 +20,7 @@ def curate_task(recipe: CurateRecipe, out: str, progress: bool = True) -> dict:
 
 @flow(name="roost-curate", log_prints=True)
 def curate_flow(recipe: CurateRecipe, out: str, progress: bool = True) -> dict:
+    stopping.note_flow_run()
     manifest = curate_task(recipe, out, progress)
     artifacts.publish(manifest, out)
     return manifest

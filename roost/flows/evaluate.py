@@ -6,6 +6,7 @@ import sys
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from roost import stopping
 from roost.evaluation import run as work
 from roost.evaluation.config import EvalRecipe
 
@@ -17,6 +18,7 @@ def evaluate_task(recipe: EvalRecipe, out: str) -> dict:
 
 @flow(name="roost-eval", log_prints=True)
 def eval_flow(recipe: EvalRecipe, out: str) -> dict:
+    stopping.note_flow_run()
     return evaluate_task(recipe, out)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from roost import iterate as work
+from roost import iterate as work, stopping
 from roost.flows.build import build_flow
 from roost.flows.evaluate import eval_flow
 from roost.recipe import LoopConfig, Recipe
@@ -21,6 +21,7 @@ def train(command: str, log: Path) -> int:
 
 @flow(name="roost-iterate", log_prints=True)
 def iterate_flow(recipe: Recipe, loop: LoopConfig, out: str) -> dict:
+    stopping.note_flow_run()
     return work.run_iterations(recipe, loop, out, build=build_flow, train=train, evaluate=eval_flow, on_step=_say)
 
 

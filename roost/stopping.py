@@ -1,0 +1,183 @@
+"""Stopping well: Ctrl-C and SIGTERM end a run in seconds, keep every finished unit of work,
+leave no partial file and no process behind, and say how far it got.
+
+The first SIGINT or SIGTERM raises `Stopped` in the main thread wherever it is (inside vLLM's
+generate, a Prefect task, a training command's wait): the shard in progress is abandoned (its
+temp file is removed on the way out, roost.writer), so only finished shards stay. `run_cli`
+catches it at the top of the `roost` command, marks the Prefect flow run cancelled, shuts the
+engines down, prints one line ("stopped: 3 of 6 shards finished; run the same command to
+resume") and exits 128 + the signal (130 for SIGINT, 143 for SIGTERM). A second signal during
+that shutdown exits at once. A watchdog bounds the shutdown, so a library that hangs on its
+way out cannot hold the terminal.
+
+The `roost` command runs this in a child process of its own session (roost.supervisor): the
+terminal's Ctrl-C reaches only the supervisor, which passes it on, so the engine processes
+and the Prefect server roost started are not killed before roost has finished stopping.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+from uuid import UUID
+
+SHUTDOWN_SECONDS = float(os.environ.get("ROOST_SHUTDOWN_SECONDS", "20"))  # then the watchdog exits anyway
+
+
+class Stopped(BaseException):
+    """The run was asked to stop (a BaseException, like KeyboardInterrupt: `except Exception`
+    in a library does not swallow it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+_received: int | None = None
+_progress: dict[str, Any] = {}
+_flow_runs: list[UUID] = []
+
+
+def install() -> None:
+    """SIGINT and SIGTERM raise `Stopped` (the first) or exit at once (the second)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+
+
+def _on_signal(signum: int, frame) -> None:
+    global _received
+    if _received is not None:  # a second signal while stopping: no more waiting
+        os._exit(128 + _received)
+    _received = signum
+    _debug("signal")
+    raise Stopped(signum)
+
+
+def track(unit: str, done: Callable[[], int], total: int, *, where: str = "", manifest: str | Path | None = None) -> None:
+    """What a stop now would keep: `done()` of `total` `unit` finished, counted when the stop
+    comes (from the files, so a shard that landed a moment before counts). `manifest`: the
+    run's manifest.json, marked "stopped" on a stop."""
+    _progress.update(unit=unit, done=done, total=total, where=where, manifest=manifest)
+
+
+def note_flow_run() -> None:
+    """Called at the start of each flow: the run to mark cancelled if this process is stopped."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None:
+        _flow_runs.append(ctx.flow_run.id)
+
+
+def message() -> str:
+    if not _progress:
+        return "stopped before any work was finished; run the same command to start again"
+    p = _progress
+    try:
+        done = p["done"]()
+    except Exception:  # noqa: BLE001  counting must not hide the stop
+        done = "?"
+    return f"stopped: {p['where']}{done} of {p['total']} {p['unit']} finished; run the same command to resume"
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Run the `roost` command `main` with the stop handling above; exits the process."""
+    install()
+    try:
+        main()
+    except (Stopped, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        code = 128 + signum
+        _watchdog(code)
+        shut_down()
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold yellow]{message()}[/]", highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Everything that matters is done; the interpreter's own teardown (library destructors,
+        # atexit drains of Prefect's API workers) can take seconds and keeps nothing.
+        os._exit(code)
+
+
+def shut_down() -> None:
+    """After a stop: the flow runs marked cancelled, the engines closed (their processes end)."""
+    _debug("caught")
+    _cancel_flow_runs()
+    _debug("cancelled flow runs")
+    _mark_manifest()
+    if "roost.engines" in sys.modules:
+        try:
+            sys.modules["roost.engines.base"].SHUTDOWN_GRACE = 1.0
+            sys.modules["roost.engines"].release_all()
+        except Exception:  # noqa: BLE001  an engine half started when the signal came: the supervisor reaps it
+            pass
+    _debug("engines released")
+    _stop_prefect_server()
+    _debug("prefect server stopped")
+
+
+def _stop_prefect_server() -> None:
+    """The temporary Prefect server this process started (none when PREFECT_API_URL is set)."""
+    server = sys.modules.get("prefect.server.api.server")
+    if server is None:
+        return
+    for instance in list(server.SubprocessASGIServer._instances.values()):
+        try:
+            instance.stop()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _debug(what: str) -> None:
+    if os.environ.get("ROOST_DEBUG_STOP"):
+        import time
+        sys.stderr.write(f"[{time.time():.2f} {what}]\n")
+
+
+def _mark_manifest() -> None:
+    path = _progress.get("manifest")
+    if path is None or not Path(path).exists():
+        return
+    from roost.writer import atomic_write_bytes
+
+    try:
+        manifest = json.loads(Path(path).read_text())
+        if manifest.get("status") == "running":
+            manifest["status"] = "stopped"
+            atomic_write_bytes(Path(path), (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+    except (OSError, ValueError):
+        pass
+
+
+def _cancel_flow_runs() -> None:
+    if not _flow_runs:
+        return
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled
+
+        with get_client(sync_client=True) as client:
+            for run_id in _flow_runs:
+                client.set_flow_run_state(run_id, Cancelled(message=message()), force=True)
+    except Exception:  # noqa: BLE001  the server is gone: nothing to mark
+        pass
+
+
+def _watchdog(code: int) -> None:
+    def expire() -> None:
+        sys.stderr.write(f"stopped: shutdown took over {SHUTDOWN_SECONDS:.0f} s, exiting now\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(SHUTDOWN_SECONDS, expire)
+    timer.daemon = True
+    timer.start()
