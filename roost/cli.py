@@ -21,6 +21,12 @@ from roost.recipe import load_recipe
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Its default 20 s start-up wait fails a run on a busy machine (seen with load 6 on 2 cores).
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+if not os.environ.get("PREFECT_API_URL"):
+    # The temporary server roost's own process starts: if it does not answer it is gone, not busy,
+    # so a few retries (2 s, 4 s) instead of Prefect's five (a minute per call); and its library
+    # logs are in OUT/logs/roost.log already, not worth shipping to a server nobody watches.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize and curate LLM alignment data.")
 console = Console(stderr=True)
@@ -51,6 +57,47 @@ def _holding(out_dir: Path):
 
     with hold(out_dir, say=lambda line: console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)):
         yield
+
+
+def _run_flow(flow, here, *args):
+    """Run the command's Prefect flow. If the Prefect server stops answering mid-run, say so
+    once and finish the same work without it (`here`: the plain functions the flow wires; the
+    run resumes from what is on disk), instead of retrying a dead server or dying on it."""
+    try:
+        return flow(*args)
+    except Exception as e:  # noqa: BLE001  only a lost server is handled here
+        if not _server_gone(e):
+            raise
+    console.print("[yellow]warning: the Prefect server stopped answering; going on without it (this run's end "
+                  "is not recorded there)[/]", highlight=False, soft_wrap=True)
+    _detach_prefect()
+    return here(*args)
+
+
+def _server_gone(error: BaseException) -> bool:
+    import httpx
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectTimeout)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _detach_prefect() -> None:
+    """Stop Prefect's background senders (events, API logs): with no server they would retry
+    for as long as the process lives, and hold its exit."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        for instance in list(service._instances.values()):
+            try:
+                instance._stop()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def _out_dir(out: Path) -> Path:
@@ -117,7 +164,9 @@ def build(
                 from roost.ray_executor import connect
 
                 connect(rec.executor.address, quiet=not verbose)
-            manifest = build_flow(rec, str(out_dir))
+            from roost.build import build_here
+
+            manifest = _run_flow(build_flow, build_here, rec, str(out_dir))
     _print_build_summary(manifest, out_dir)
 
 
@@ -154,7 +203,9 @@ def iterate(
             check_resumable(rec, rec.loop, out_dir)
             check_held_out(rec, rec.loop)
             preflight(iteration_recipe(rec, 0, rec.model.model), out_dir / "iter-0" / "data")
-            manifest = iterate_flow(rec, rec.loop, str(out_dir))
+            from roost.iterate import run_here
+
+            manifest = _run_flow(iterate_flow, run_here, rec, rec.loop, str(out_dir))
     _print_iterate_summary(manifest, out_dir)
 
 
@@ -216,7 +267,9 @@ def eval_cmd(
             from roost.flows.evaluate import eval_flow
 
             preflight(rec, out_dir)
-            summary = eval_flow(rec, str(out_dir))
+            from roost.flows.evaluate import evaluate_here
+
+            summary = _run_flow(eval_flow, evaluate_here, rec, str(out_dir))
     _print_eval_summary(summary, out_dir)
 
 
@@ -410,7 +463,9 @@ def curate(
             from roost.flows.curate import curate_flow
 
             preflight(rec, out_dir)  # user errors surface here, before Prefect and the models start
-            manifest = curate_flow(rec, str(out_dir))
+            from roost.curate import curate as curate_here
+
+            manifest = _run_flow(curate_flow, curate_here, rec, str(out_dir))
     _print_curate_summary(manifest, out)
 
 

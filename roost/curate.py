@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from roost import __version__
+from roost import __version__, stopping
 from roost.errors import ConfigError, OutputMismatch
 from roost.filters.exact_dedup import digest
 from roost.recipe import CurateRecipe
@@ -201,20 +201,25 @@ class Curation:
     def run(self) -> dict[str, Any]:
         self.cache = StageCache(self.out / CACHE_DIR, self.recipe, self.source, self.stages, self.lead,
                                 enabled=self.use_cache)
+        finished = [0]  # stages whose results are in the cache: what a stop keeps
+        stopping.track("stages", lambda: finished[0] if self.use_cache else 0, len(self.stages),
+                       manifest=self.out / "manifest.json")
         with self._progress or _Null():
             s = self.first_pass(self.stages[:self.lead])
+            finished[0] = self.lead
             rest = self.stages[self.lead:]
             i = 0
             while i < len(rest):
                 if isinstance(rest[i], SetStage):
                     s = self.apply_set(rest[i], s)
                     i += 1
-                    continue
-                j = i
-                while j < len(rest) and not isinstance(rest[j], SetStage):
-                    j += 1
-                s = self.data_pass(rest[i:j], s)
-                i = j
+                else:
+                    j = i
+                    while j < len(rest) and not isinstance(rest[j], SetStage):
+                        j += 1
+                    s = self.data_pass(rest[i:j], s)
+                    i = j
+                finished[0] = self.lead + i
             return self.write(s)
 
     # -- passes -------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from roost import stopping
 from roost.engines.config import local_model_problem as model_problem
 from roost.errors import ConfigError, UserError
 from roost.recipe import LoopConfig, Recipe, validate_recipe
@@ -239,6 +240,7 @@ def run_iterations(recipe: Recipe, loop: LoopConfig, out: str | Path, *,
         write_manifest(out, manifest)
     for t in range(loop.iterations):
         folder = out / f"iter-{t}"
+        stopping.within(f"iteration {t} of {loop.iterations} ({t} finished)")
         step = steps[t] if t < len(steps) else None
         if step and step.get("status") == "trained" and model_problem(Path(step["output"])) is None:
             on_step(f"iteration {t}: done before, model {step['output']}")
@@ -261,6 +263,19 @@ def run_iterations(recipe: Recipe, loop: LoopConfig, out: str | Path, *,
         manifest.update(judge.best(manifest))
     write_manifest(out, manifest)
     return manifest
+
+
+def run_here(recipe: Recipe, loop: LoopConfig, out: str | Path) -> dict[str, Any]:
+    """The whole loop without Prefect (builds with roost.build, evaluations with roost.evaluation)."""
+    import sys
+
+    from roost.build import build_here
+
+    def say(message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    return run_iterations(recipe, loop, out, build=build_here, on_step=say)
 
 
 def _build_and_train(recipe: Recipe, loop: LoopConfig, out: Path, t: int, model: str, build, train, on_step,
@@ -286,6 +301,8 @@ def _build_and_train(recipe: Recipe, loop: LoopConfig, out: Path, t: int, model:
     steps[t:] = [step]
     write_manifest(out, manifest)
     on_step(f"iteration {t}: training ({folder / 'train.log'})")
+    stopping.track("shards of its data", lambda: built.get("num_shards", 0), built.get("num_shards", 0),
+                   manifest=out / MANIFEST)  # the training is redone whole on resume
     code = train(command, folder / "train.log")
     step.update(exit_code=code, finished=_now())
     problem = None if code == 0 else f"the training command exited with {code}"

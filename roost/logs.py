@@ -48,6 +48,7 @@ def setup(out_dir: str | Path, verbose: bool = False, name: str = "roost") -> Pa
     for name in _LIBRARIES:  # their own levels stay (transformers: TRANSFORMERS_VERBOSITY)
         _attach(logging.getLogger(name), handler)
     _quiet_prefect(handler)
+    _attach_root(handler)  # a logger with no handler of its own would print through logging's last resort
     if _handler is not None:
         _handler.close()
     _handler = handler
@@ -95,12 +96,20 @@ def _attach(logger: logging.Logger, handler: logging.Handler) -> None:
     logger.propagate = False
 
 
+def _attach_root(handler: logging.Handler) -> None:
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+
+
 def _quiet_prefect(handler: logging.Handler) -> None:
     """Prefect configures its own console handlers at import: send its loggers to the file."""
-    import prefect  # noqa: F401  (its logging setup runs on import)
+    import prefect.main  # noqa: F401  (its logging setup runs on this import)
 
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server", "prefect.events", "uvicorn",
-                 "uvicorn.error", "docket"):
+    known = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("prefect", "uvicorn", "docket")]
+    for name in dict.fromkeys(["prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server", "prefect.events",
+                               "prefect._internal", "uvicorn", "uvicorn.error", "docket", *known]):
         logger = logging.getLogger(name)
         for h in list(logger.handlers):
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):

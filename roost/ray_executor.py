@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from roost.errors import ConfigError, UserError
+from roost.stopping import Stopped
 
 CONNECT_TIMEOUT = 5.0  # seconds for a cluster address to answer
 _FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_DISABLE_PROGRESS_BARS",
@@ -411,6 +412,10 @@ def run_on_ray(recipe, out: str | Path, pending: list[int], num_shards: int,
                 say(f"ray: shard {index + 1}/{num_shards} done by {worker.name()}: {stats['rows']} rows, "
                     f"{stats['rejects']} rejects, {result['seconds']:g} s [{finished}/{len(pending)}]")
             hand_out(worker)
+    except (Stopped, KeyboardInterrupt):  # stopped: the shards in progress are abandoned, no waiting
+        for w in list(workers.values()):
+            drop(w)
+        raise
     finally:
         probe_file.unlink(missing_ok=True)
         _close(ray, list(workers.values()), drop)

@@ -18,12 +18,15 @@ import os
 import re
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 from roost.errors import UserError
+from roost import stopping
+from roost.stopping import Stopped
 
 LOCK = ".roost.lock"
 # Roost's temp files: hidden `.NAME.RANDOM.tmp` beside their target, or in a `.roost-tmp/` folder.
@@ -35,6 +38,7 @@ class OutputBusy(UserError):
 
 
 _held: dict[Path, int] = {}
+STOPPING_WAIT_SECONDS = 60.0
 
 
 @contextmanager
@@ -46,9 +50,7 @@ def hold(out: str | Path, say=None) -> Iterator[dict]:
         return
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    if not _lock(fd, wait_if_stopping=STOPPING_WAIT_SECONDS, say=say):
         other = _read(fd)
         os.close(fd)
         raise OutputBusy(f"{out} is in use by another roost run (process {other.get('pid', '?')} on "
@@ -69,10 +71,50 @@ def hold(out: str | Path, say=None) -> Iterator[dict]:
     try:
         sweep_temp_files(out)
         yield me
-    finally:
-        del _held[out]
-        os.ftruncate(fd, 0)  # a clean exit leaves nothing to take over
-        os.close(fd)  # drops the lock
+    except (Stopped, KeyboardInterrupt):
+        if not stopping.installed():  # a notebook's Ctrl-C: the process goes on, so the lock goes now
+            _release(out)
+        raise  # the command's stop: held while it shuts down (roost.stopping); the process's end drops it
+    except BaseException:
+        _release(out)
+        raise
+    _release(out)
+
+
+def _release(out: Path) -> None:
+    fd = _held.pop(out)
+    os.ftruncate(fd, 0)  # a clean end leaves nothing to take over
+    os.close(fd)  # drops the lock
+
+
+def _lock(fd: int, wait_if_stopping: float, say=None) -> bool:
+    """Take the lock; if its holder is stopping (it said so), wait up to `wait_if_stopping` s."""
+    deadline = None
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            other = _read(fd)
+            if not other.get("stopping"):
+                return False
+            if deadline is None:
+                deadline = time.monotonic() + wait_if_stopping
+                if say is not None:
+                    say(f"waiting for the run that is stopping here (process {other.get('pid', '?')}) to end")
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+
+def mark_stopping() -> None:
+    """Say in every lock this process holds that its run is stopping (a new run may wait)."""
+    for fd in _held.values():
+        me = _read(fd)
+        if me:
+            me["stopping"] = True
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
 
 
 def _read(fd: int) -> dict:

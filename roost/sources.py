@@ -112,7 +112,16 @@ def open_source(spec: str, *, split: str = "train") -> Source:
     if not files:
         raise SourceError(f"{spec}: no Parquet files found")
     schema = pads.dataset(files, format="parquet").schema
-    return Source({"kind": "parquet", "path": spec, "files": len(files)}, schema, files)
+    return _not_empty(Source({"kind": "parquet", "path": spec, "files": len(files)}, schema, files))
+
+
+def _not_empty(source: Source) -> Source:
+    """An input with no rows is refused like a missing one: a run over it could only make nothing."""
+    if source.count() == 0:
+        files = source.description.get("files")
+        raise SourceError(f"{source.description['path']}: the input is empty (0 rows"
+                          + (f" in {files} file(s))" if files else ")"))
+    return source
 
 
 def _open_jsonl(path: Path) -> Source:
@@ -122,7 +131,7 @@ def _open_jsonl(path: Path) -> Source:
         table = pajson.read_json(path)
     except pa.ArrowInvalid as e:
         raise SourceError(f"{path}: not valid JSON Lines ({str(e).splitlines()[0]})") from None
-    return Source({"kind": "jsonl", "path": str(path)}, table.schema, _table=table)
+    return _not_empty(Source({"kind": "jsonl", "path": str(path)}, table.schema, _table=table))
 
 
 def _open_hub(dataset_id: str, split: str) -> Source:

@@ -44,12 +44,23 @@ class Stopped(BaseException):
 _received: int | None = None
 _progress: dict[str, Any] = {}
 _flow_runs: list[UUID] = []
+_manifests: list[Path] = []  # marked "stopped" on a stop, if they still say "running"
 
 
 def install() -> None:
     """SIGINT and SIGTERM raise `Stopped` (the first) or exit at once (the second)."""
+    global _installed
+    _installed = True
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
+
+
+def installed() -> bool:
+    """Whether this process is a `roost` command that handles its own stop (run_cli)."""
+    return _installed
+
+
+_installed = False
 
 
 def _on_signal(signum: int, frame) -> None:
@@ -61,11 +72,22 @@ def _on_signal(signum: int, frame) -> None:
     raise Stopped(signum)
 
 
-def track(unit: str, done: Callable[[], int], total: int, *, where: str = "", manifest: str | Path | None = None) -> None:
+def track(unit: str, done: Callable[[], int], total: int, *, manifest: str | Path | None = None) -> None:
     """What a stop now would keep: `done()` of `total` `unit` finished, counted when the stop
     comes (from the files, so a shard that landed a moment before counts). `manifest`: the
     run's manifest.json, marked "stopped" on a stop."""
-    _progress.update(unit=unit, done=done, total=total, where=where, manifest=manifest)
+    _progress.update(unit=unit, done=done, total=total)
+    if manifest is not None and Path(manifest) not in _manifests:
+        _manifests.append(Path(manifest))
+
+
+def within(where: str) -> None:
+    """The larger step the tracked work is part of, e.g. "iteration 1 of 3" (a loop's)."""
+    global _where
+    _where = where
+
+
+_where = ""
 
 
 def note_flow_run() -> None:
@@ -85,7 +107,8 @@ def message() -> str:
         done = p["done"]()
     except Exception:  # noqa: BLE001  counting must not hide the stop
         done = "?"
-    return f"stopped: {p['where']}{done} of {p['total']} {p['unit']} finished; run the same command to resume"
+    where = f"in {_where}, " if _where else ""
+    return f"stopped: {where}{done} of {p['total']} {p['unit']} finished; run the same command to resume"
 
 
 def run_cli(main: Callable[[], Any]) -> None:
@@ -111,9 +134,12 @@ def run_cli(main: Callable[[], Any]) -> None:
 def shut_down() -> None:
     """After a stop: the flow runs marked cancelled, the engines closed (their processes end)."""
     _debug("caught")
+    from roost import runlock
+
+    runlock.mark_stopping()
     _cancel_flow_runs()
     _debug("cancelled flow runs")
-    _mark_manifest()
+    _mark_manifests()
     if "roost.engines" in sys.modules:
         try:
             sys.modules["roost.engines.base"].SHUTDOWN_GRACE = 1.0
@@ -143,19 +169,17 @@ def _debug(what: str) -> None:
         sys.stderr.write(f"[{time.time():.2f} {what}]\n")
 
 
-def _mark_manifest() -> None:
-    path = _progress.get("manifest")
-    if path is None or not Path(path).exists():
-        return
+def _mark_manifests() -> None:
     from roost.writer import atomic_write_bytes
 
-    try:
-        manifest = json.loads(Path(path).read_text())
-        if manifest.get("status") == "running":
-            manifest["status"] = "stopped"
-            atomic_write_bytes(Path(path), (json.dumps(manifest, indent=2, default=str) + "\n").encode())
-    except (OSError, ValueError):
-        pass
+    for path in _manifests:
+        try:
+            manifest = json.loads(path.read_text())
+            if manifest.get("status") == "running":
+                manifest["status"] = "stopped"
+                atomic_write_bytes(path, (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+        except (OSError, ValueError):
+            pass
 
 
 def _cancel_flow_runs() -> None:

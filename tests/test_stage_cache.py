@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from procs import power_cut, tagged_env, wait_gone
 
 from roost.curate import curate, preflight
 from roost.errors import OutputMismatch
@@ -268,13 +269,15 @@ def test_a_killed_cli_curation_resumes_after_its_embeddings(tmp_path, tiny_rm_ch
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
 
     out = tmp_path / "out"
+    env = tagged_env()
     proc = subprocess.Popen(_cli(path, "--out", out, "--recipe", recipe), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 900
     while not _embedding_entry(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    power_cut(env)  # every process of the run at once, as a power cut would
     assert proc.wait() == -signal.SIGKILL, "the curation finished before it could be killed"
+    assert not wait_gone(env)
     assert json.loads((out / "manifest.json").read_text())["status"] == "running"
     assert not list((out / "data").glob("*.parquet"))
 

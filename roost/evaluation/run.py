@@ -24,6 +24,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from roost import stopping
 from roost.errors import InputError, OutputMismatch
 from roost.evaluation.config import EvalRecipe
 from roost.evaluation.verifiable import OUTCOMES, majority, metric_names, summarize
@@ -57,6 +58,7 @@ def run_eval(recipe: EvalRecipe, out: str | Path, *, say: Callable[[str], None] 
         raise InputError(f"{recipe.problems.path}: rows [{start}, {stop}) are empty (it has {source.total} rows)")
     bounds = [(lo, min(lo + recipe.chunk_size, stop)) for lo in range(start, stop, recipe.chunk_size)]
     engine, t0, bad = None, time.perf_counter(), []
+    stopping.track("parts", lambda: sum(_part(out, i).exists() for i in range(len(bounds))), len(bounds))
     for i, (lo, hi) in enumerate(bounds):
         items = list(source.read(lo, hi))
         bad += [b for b in items if isinstance(b, BadProblem)]

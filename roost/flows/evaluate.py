@@ -22,6 +22,11 @@ def eval_flow(recipe: EvalRecipe, out: str) -> dict:
     return evaluate_task(recipe, out)
 
 
+def evaluate_here(recipe: EvalRecipe, out: str) -> dict:
+    """The same evaluation without Prefect."""
+    return work.run_eval(recipe, out, say=_say)
+
+
 def _say(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
