@@ -389,7 +389,11 @@ def serve(
 
 
 def _serve(serving, name: str, schedule, params: dict, base: Path, cron: str, timezone: str) -> None:
+    from roost import stopping
+
     deployment = f"roost-scheduled/{name}"
+    stopping.say_on_stop(f"stopped serving {deployment} (its schedule is paused; finished runs are kept in "
+                         f"{base / 'runs'}); run the same command to serve again")
     with serving.prefect_server(base / "logs") as api:
         Console().print(f"serving {deployment} on cron '{cron}' ({timezone}) through {api}\n"
                         f"each run writes {base / 'runs'}/<time>-<id>; last good run: {base / 'latest'}; "

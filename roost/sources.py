@@ -119,8 +119,8 @@ def _not_empty(source: Source) -> Source:
     """An input with no rows is refused like a missing one: a run over it could only make nothing."""
     if source.count() == 0:
         files = source.description.get("files")
-        raise SourceError(f"{source.description['path']}: the input is empty (0 rows"
-                          + (f" in {files} file(s))" if files else ")"))
+        raise SourceError(f"{source.description['path']}: no rows, the input is empty"
+                          + (f" ({files} file(s) read)" if files else ""))
     return source
 
 

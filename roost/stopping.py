@@ -61,12 +61,15 @@ def installed() -> bool:
 
 
 _installed = False
+_ended = False
 
 
 def _on_signal(signum: int, frame) -> None:
     global _received
     if _received is not None:  # a second signal while stopping: no more waiting
         os._exit(128 + _received)
+    if _ended:  # the work is done and said; only teardown was left
+        os._exit(128 + signum)
     _received = signum
     _debug("signal")
     raise Stopped(signum)
@@ -99,7 +102,15 @@ def note_flow_run() -> None:
         _flow_runs.append(ctx.flow_run.id)
 
 
+def say_on_stop(line: str) -> None:
+    """The line a stop prints, for work that is not counted in units (e.g. serving a schedule)."""
+    _progress.clear()
+    _progress["line"] = line
+
+
 def message() -> str:
+    if "line" in _progress:
+        return _progress["line"]
     if not _progress:
         return "stopped before any work was finished; run the same command to start again"
     p = _progress
@@ -116,6 +127,11 @@ def run_cli(main: Callable[[], Any]) -> None:
     install()
     try:
         main()
+    except SystemExit:  # the command ended (typer exits with its code): what is left is teardown
+        global _ended
+        _ended = True
+        _release_engines()  # now, and quickly: at exit vLLM waits 5 s before killing its engine process
+        raise
     except (Stopped, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         code = 128 + signum
@@ -140,15 +156,19 @@ def shut_down() -> None:
     _cancel_flow_runs()
     _debug("cancelled flow runs")
     _mark_manifests()
+    _release_engines()
+    _debug("engines released")
+    _stop_prefect_server()
+    _debug("prefect server stopped")
+
+
+def _release_engines() -> None:
     if "roost.engines" in sys.modules:
         try:
             sys.modules["roost.engines.base"].SHUTDOWN_GRACE = 1.0
             sys.modules["roost.engines"].release_all()
         except Exception:  # noqa: BLE001  an engine half started when the signal came: the supervisor reaps it
             pass
-    _debug("engines released")
-    _stop_prefect_server()
-    _debug("prefect server stopped")
 
 
 def _stop_prefect_server() -> None:

@@ -86,12 +86,17 @@ def served(prefect_server, tiny_chatml_path, tmp_path_factory):
     try:
         yield base, proc, base.parent / "serve.log"
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C stops serving: in seconds, exit 130, one line
+        t0 = time.monotonic()
         try:
-            proc.wait(timeout=60)
+            code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+            code = None
         log.close()
+        text = (base.parent / "serve.log").read_text()
+        assert code == 130 and time.monotonic() - t0 < 30, (code, text[-3000:])
+        assert f"stopped serving {DEPLOYMENT}" in text.strip().splitlines()[-1], text[-3000:]
 
 
 def _client_call(url: str, fn):
