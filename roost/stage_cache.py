@@ -55,6 +55,7 @@ import re
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -63,7 +64,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from roost import __version__
+from roost import __version__, stopping
 from roost.config import canonical, file_digest
 from roost.stages.base import Digest, Embedding, SetDecision, SetStage, Stage
 
@@ -717,26 +718,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_parquet(path: Path, table: pa.Table) -> None:
+@contextmanager
+def _hidden_file(path: Path):
+    """A hidden temp path beside `path`, renamed onto it when the block ends (a stop waits for
+    the rename, roost.stopping.deferred; an error removes the temp file)."""
     tmp = _hidden(path)
-    pq.write_table(table, tmp, compression="zstd")
-    _fsync(tmp)
-    os.replace(tmp, path)
+    with stopping.deferred():
+        try:
+            yield tmp
+            _fsync(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    with _hidden_file(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def _write_npy(path: Path, x: np.ndarray) -> None:
-    tmp = _hidden(path)
-    with open(tmp, "wb") as f:
+    with _hidden_file(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(x))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = _hidden(path)
-    with open(tmp, "w") as f:
+    with _hidden_file(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 from uuid import UUID
@@ -55,6 +56,25 @@ def install() -> None:
         signal.signal(signum, _on_signal)
 
 
+@contextmanager
+def deferred():
+    """A signal that comes inside this block takes effect when it ends: for the few
+    milliseconds of writing a file and renaming it into place, so a stop never lands between
+    the two and leaves a temp file behind."""
+    global _defer_depth
+    _defer_depth += 1
+    try:
+        yield
+    finally:
+        _defer_depth -= 1
+    if _defer_depth == 0 and _pending is not None and _received is None:
+        _on_signal(_pending, None)
+
+
+_defer_depth = 0
+_pending: int | None = None
+
+
 def installed() -> bool:
     """Whether this process is a `roost` command that handles its own stop (run_cli)."""
     return _installed
@@ -65,7 +85,10 @@ _ended = False
 
 
 def _on_signal(signum: int, frame) -> None:
-    global _received
+    global _received, _pending
+    if _defer_depth and _received is None and threading.current_thread() is threading.main_thread():
+        _pending = signum  # raised when the write in progress is done (deferred)
+        return
     if _received is not None:  # a second signal while stopping: no more waiting
         os._exit(128 + _received)
     if _ended:  # the work is done and said; only teardown was left

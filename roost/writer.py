@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from roost import __version__
+from roost import __version__, stopping
 from roost.schemas import REJECT, RowSchema
 
 METADATA_KEY = b"roost"
@@ -63,27 +63,29 @@ class ShardStats:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with stopping.deferred():  # a Ctrl-C now lands after the rename: never a temp file left
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
     """A whole table as one shard: hidden temp file, fsync, rename into place."""
-    sink = ShardSink(path, table.schema)
-    try:
-        sink.write(table)
-    except BaseException:
-        sink.abort()
-        raise
-    sink.close()
+    with stopping.deferred():
+        sink = ShardSink(path, table.schema)
+        try:
+            sink.write(table)
+        except BaseException:
+            sink.abort()
+            raise
+        sink.close()
 
 
 class ShardSink:
@@ -97,7 +99,8 @@ class ShardSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = scratch / f"{self.path.name}.{uuid.uuid4().hex}.tmp"
         self.schema = schema
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        with stopping.deferred():  # the temp file exists only while this object knows it
+            self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
@@ -106,14 +109,18 @@ class ShardSink:
             self.rows += table.num_rows
 
     def close(self) -> None:
-        self._writer.close()
-        with open(self._tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(self._tmp, self.path)
+        with stopping.deferred():
+            self._writer.close()
+            with open(self._tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
-        self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        with stopping.deferred():
+            try:
+                self._writer.close()
+            finally:
+                self._tmp.unlink(missing_ok=True)
 
 
 class ShardedOutput:
