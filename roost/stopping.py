@@ -81,7 +81,7 @@ def installed() -> bool:
 
 
 _installed = False
-_ended = False
+_ended: int | None = None  # the command's exit code, once it has ended
 
 
 def _on_signal(signum: int, frame) -> None:
@@ -91,8 +91,8 @@ def _on_signal(signum: int, frame) -> None:
         return
     if _received is not None:  # a second signal while stopping: no more waiting
         os._exit(128 + _received)
-    if _ended:  # the work is done and said; only teardown was left
-        os._exit(128 + signum)
+    if _ended is not None:  # the work is done and said; only teardown was left: end with its code
+        os._exit(_ended)
     _received = signum
     _debug("signal")
     raise Stopped(signum)
@@ -150,9 +150,9 @@ def run_cli(main: Callable[[], Any]) -> None:
     install()
     try:
         main()
-    except SystemExit:  # the command ended (typer exits with its code): what is left is teardown
+    except SystemExit as e:  # the command ended (typer exits with its code): what is left is teardown
         global _ended
-        _ended = True
+        _ended = e.code if isinstance(e.code, int) else 1
         _release_engines()  # now, and quickly: at exit vLLM waits 5 s before killing its engine process
         raise
     except (Stopped, KeyboardInterrupt) as e:

@@ -64,7 +64,7 @@ def supervise(command: list[str]) -> int:
             break
         time.sleep(0.05)
     _kill_leftovers(child.pid)
-    if received:
+    if received and code != 0:  # (0: the signal came after the work was done, during its teardown)
         return 128 + received[0]
     return code if code >= 0 else 128 - code
 

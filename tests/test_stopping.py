@@ -203,7 +203,7 @@ def test_ctrl_c_stops_a_curation_and_it_resumes_to_the_same_output(tmp_path):
     from roost.schemas import MESSAGES
 
     path = tmp_path / "in.parquet"
-    table = pa.Table.from_pylist(curation_rows(1500), schema=pa.schema([pa.field("messages", MESSAGES),
+    table = pa.Table.from_pylist(curation_rows(4000), schema=pa.schema([pa.field("messages", MESSAGES),
                                                                          pa.field("source", pa.string())]))
     pq.write_table(table, path)
     recipe = tmp_path / "curate.yaml"
@@ -212,8 +212,8 @@ def test_ctrl_c_stops_a_curation_and_it_resumes_to_the_same_output(tmp_path):
     env = tagged_env(PREFECT_HOME=str(tmp_path / "prefect-home"))
     out = tmp_path / "out"
     run = _start(env, "curate", path, "--out", out, "--recipe", recipe)
-    _wait(lambda: (out / ".cache").exists(), 300, "the curation's cache", run)
-    time.sleep(random.uniform(0, 2))
+    _wait(lambda: (out / "manifest.json").exists(), 300, "the curation's start", run)
+    time.sleep(random.uniform(0, 1))
     code, err, seconds = _stop(run, signal.SIGINT)
     assert code == 130 and seconds < STOP_SECONDS, (code, seconds, err[-3000:])
     lines = [line for line in err.splitlines() if line.strip()]
