@@ -23,7 +23,8 @@ def roost(*args) -> list[str]:
 
 
 def alive(env: dict[str, str]) -> list[str]:
-    """'PID STATE CMDLINE' of every live or defunct process carrying env's tag."""
+    """'PID STATE CMDLINE' of every live or defunct process carrying env's tag (the whole
+    command line: a cut one hides words that depend on where the checkout lives)."""
     needle = f"{TAG}={env[TAG]}".encode()
     found = []
     for pid in os.listdir("/proc"):
@@ -33,7 +34,7 @@ def alive(env: dict[str, str]) -> list[str]:
             if needle not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                 continue
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
         found.append(f"{pid} {state} {cmd}")

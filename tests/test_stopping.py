@@ -113,14 +113,14 @@ def test_ctrl_c_stops_a_build_a_second_run_is_refused_a_killed_runs_lock_is_take
     out = tmp_path / "out"
     env = tagged_env(PREFECT_HOME=str(tmp_path / "prefect-home"))
     run = _start(env, "build", recipe, "--out", out)
-    _wait(lambda: _shards(out), 300, "the first shard", run)
-
+    holder = _wait(lambda: _holder(out), 120, "the run's lock", run)
+    # refused while the first run starts its engine, so the build cannot end before its stop
     other = subprocess.run(roost("build", recipe, "--out", out), env=env, capture_output=True, text=True, timeout=120)
-    holder = _holder(out)
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr
     assert f"in use by another roost run (process {holder['pid']}" in other.stderr
     assert holder["started"] in other.stderr
 
+    _wait(lambda: _shards(out), 300, "the first shard", run)
     time.sleep(random.uniform(0, 1))  # a random moment of the build
     code, err, seconds = _stop(run, signal.SIGINT)
     assert code == 130, err[-3000:]
