@@ -9,6 +9,7 @@ This module names no synthesizer: they are found by `kind` (roost.synthesizers).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,14 +42,32 @@ def writer_for(recipe: Recipe, out: str | Path, num_shards: int | None = None) -
     return DatasetWriter(out, synth.schema, split=recipe.output.split, num_shards=count)
 
 
+def build_fingerprint(recipe: Recipe) -> str:
+    """The recipe's fingerprint with what its inputs are (content digests, Hub commits): an
+    edited prompts file or a moved Hub branch is another build, not this one finished."""
+    inputs = synthesizer_for(recipe).inputs()
+    return recipe.fingerprint(contents={name: _identity(i) for name, i in inputs.items()} or None)
+
+
+def _identity(described: dict) -> str:
+    return described.get("revision") or described.get("sha256") or ""
+
+
 def check_resumable(recipe: Recipe, out: str | Path, num_shards: int) -> None:
     existing = DatasetWriter(out, synthesizer_for(recipe).schema, num_shards=num_shards).read_manifest()
     if not existing:
         return
-    if existing.get("recipe_hash") != recipe.fingerprint():
+    for name, now in synthesizer_for(recipe).inputs().items():
+        then = (existing.get("inputs") or {}).get(name)
+        if then and _identity(then) != _identity(now):
+            what = "commit" if "revision" in now else "sha256"
+            pin = f"; pin revision: {then['revision']} to resume it" if what == "commit" else ""
+            raise OutputMismatch(f"{out} was built from another version of {now['path']} ({what} {_identity(then)[:12]}, "
+                                 f"now {_identity(now)[:12]}){pin}, or choose another --out")
+    if existing.get("recipe_hash") != build_fingerprint(recipe):
         raise OutputMismatch(
             f"{out} was built from a different recipe (hash {existing.get('recipe_hash')}, "
-            f"this one {recipe.fingerprint()}); choose another --out or delete it"
+            f"this one {build_fingerprint(recipe)}); choose another --out or delete it"
         )
     if existing.get("num_shards") not in (None, num_shards):
         raise OutputMismatch(f"{out} was cut into {existing['num_shards']} shards, this plan has {num_shards} "
@@ -82,7 +101,7 @@ def run_shard(recipe: Recipe, out: str | Path, index: int) -> ShardStats:
     result = synth.generate(shard)
     provenance = {
         "roost_version": __version__,
-        "recipe_hash": recipe.fingerprint(),
+        "recipe_hash": build_fingerprint(recipe),
         "synthesizer": synth.kind,
         "model": recipe.model.model,
         "seed": recipe.model.seed,
@@ -106,8 +125,8 @@ def start_manifest(recipe: Recipe, out: str | Path, num_shards: int) -> None:
     writer = writer_for(recipe, out, num_shards)
     if writer.read_manifest() is None:
         writer.write_manifest(base_manifest(
-            writer.schema.name, recipe.model_dump(mode="json"), recipe.fingerprint(),
-            status="running", num_shards=num_shards))
+            writer.schema.name, recipe.model_dump(mode="json"), build_fingerprint(recipe),
+            status="running", num_shards=num_shards, inputs=synthesizer_for(recipe).inputs()))
 
 
 def finish_manifest(recipe: Recipe, out: str | Path, num_shards: int) -> dict[str, Any]:
@@ -118,7 +137,8 @@ def finish_manifest(recipe: Recipe, out: str | Path, num_shards: int) -> dict[st
     manifest = base_manifest(
         writer.schema.name,
         recipe.model_dump(mode="json"),
-        recipe.fingerprint(),
+        build_fingerprint(recipe),
+        inputs=synthesizer_for(recipe).inputs(),
         status="complete" if len(done) == num_shards else "partial",
         schema=writer.schema.name,
         split=recipe.output.split,
@@ -142,16 +162,42 @@ def _first_provenance(writer: DatasetWriter, done: list[int]) -> dict[str, Any]:
     return {}
 
 
-def build_here(recipe: Recipe, out: str | Path) -> dict[str, Any]:
-    """The whole build in this process, shard after shard, without Prefect (a notebook, a bench;
-    the CLI's flow runs the same steps as tasks). Resumes like the CLI does."""
+def build_here(recipe: Recipe, out: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """The whole build in this process, without Prefect (roost.api, a notebook, a bench; the
+    CLI's flow runs the same steps as tasks). Resumes like the CLI does; `executor: {kind: ray}`
+    hands the shards to Ray as the flow does. `progress`: a bar of shards (terminal or notebook)."""
     from roost import stopping
 
     shards = preflight(recipe, out)
     start_manifest(recipe, out, len(shards))
     writer = writer_for(recipe, out, len(shards))
+    pending = writer.pending()
+    skipped = len(shards) - len(pending)
     stopping.track("shards", lambda: len(shards) - len(writer.pending()), len(shards), manifest=writer.root / "manifest.json")
-    for index in writer.pending():
-        run_shard(recipe, out, index)
-    return finish_manifest(recipe, out, len(shards))
+    executor = None
+    if recipe.executor.kind == "ray" and pending:
+        from roost.ray_executor import run_on_ray
 
+        executor = run_on_ray(recipe, out, pending, len(shards))
+    else:
+        with _shard_bar(progress, len(shards), skipped) as advance:
+            for index in pending:
+                run_shard(recipe, out, index)
+                advance()
+    manifest = finish_manifest(recipe, out, len(shards))
+    manifest["skipped_shards"] = skipped  # as the flow's: what this run kept from an earlier one
+    if executor:
+        manifest["executor"] = executor
+    return manifest
+
+
+@contextmanager
+def _shard_bar(show: bool, total: int, done: int):
+    if not show:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task("shards", total=total, completed=done)
+        yield lambda: bar.advance(task)

@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,21 +108,27 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a ch
 
 
 class DatasetInput(Strict):
-    """A dataset a synthesizer works through: Parquet file/dir/glob, `hf://<id>`, or a roost
-    output. Rows are SFT (messages, or instruction/response) or preference rows."""
+    """A dataset read as input: a roost output, Parquet, JSON Lines, JSON array or CSV file (or a
+    directory or glob of them), or `hf://<id>` on the Hub (`?name=<config>&revision=<ref>` or
+    the `config` / `revision` fields). Its shape (roost.rows) is detected from its columns;
+    `format` and `columns` (part -> column name) say it outright."""
 
     path: str | None = None
     split: str = "train"
-    messages_column: str = "messages"
-    instruction_column: str = "instruction"
-    response_column: str = "response"
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    id_column: str = "id"
+    config: str | None = None  # hf:// only: the dataset's config (gsm8k: "main")
+    revision: str | None = None  # hf:// only: a branch, tag or commit (resolved to a commit once)
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "pair", "prompt", "preference"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict)  # e.g. {prompt: question, response: answer}
+    max_bad_share: float = Field(0.5, ge=0, le=1)  # more rows than this that cannot be read: stop
 
-    def columns(self):
-        from roost.rows import Columns
+    def shape(self, schema):
+        """The input's roost.rows.Shape: what its rows are and the columns they are read from."""
+        from roost.rows import detect
 
-        return Columns(self.messages_column, self.instruction_column, self.response_column, self.prompt_column,
-                       self.chosen_column, self.rejected_column, self.id_column)
+        return detect(schema, self.format, self.columns)
+
+    def open(self):
+        """The input as a roost.sources.Source."""
+        from roost.sources import open_source
+
+        return open_source(self.path, split=self.split, config=self.config, revision=self.revision)

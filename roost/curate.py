@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +33,11 @@ import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from roost import __version__, stopping
-from roost.errors import ConfigError, OutputMismatch
+from roost.errors import ConfigError, InputError, OutputMismatch
 from roost.filters.exact_dedup import digest
 from roost.recipe import CurateRecipe
-from roost.rows import Parsed, detect_kind, parse
-from roost.sources import Source, open_source
+from roost.rows import Parsed, check_share, parse
+from roost.sources import Source
 from roost.stage_cache import CACHE_DIR, ReadState, StageCache, apply_removed, apply_rows, removed_table
 from roost.stages.base import (
     STAGES, Annotator, Digest, Embedding, RowFilter, SetDecision, SetStage, Stage, Survivors,
@@ -120,8 +121,9 @@ class Context:
 
     def __init__(self, recipe: CurateRecipe, source: Source):
         self.recipe = recipe
-        self.cols = recipe.input.columns()
-        self.kind, self.form = detect_kind(source.schema, self.cols)
+        self.shape = recipe.input.shape(source.schema)
+        self.cols = self.shape.cols
+        self.kind = self.shape.kind
         self.has_priority = recipe.input.score_column is not None
         self.stages: list[Stage] = []
         self.ledger: Ledger | None = None
@@ -267,6 +269,7 @@ class Curation:
                                               else cache.feature(f).info.get("embedder"))
 
         counts = self.ledger.counts("validate")
+        self._check_bad_input(state)
         self._report("validate", self.total, counts, state.settings[0], cache=cache.read.status)
         rows_in = self.total - sum(counts.values())
         for st, settings in zip(filters, state.settings[1:]):
@@ -296,9 +299,9 @@ class Curation:
                 pos, total = total, total + 1
                 if alive is not None:
                     if pos < len(alive) and alive[pos]:
-                        rows_b.append(parse(row, self.context.form, self.context.cols)[0])
+                        rows_b.append(parse(row, self.context.shape)[0])
                     continue
-                parsed, problem = parse(row, self.context.form, self.context.cols)
+                parsed, problem = parse(row, self.context.shape)
                 if problem:
                     removed.append((pos, "validate", "bad_input", problem))
                     continue
@@ -327,12 +330,28 @@ class Curation:
                 "position": _cat(kept["position"], np.zeros(0, np.int64)),
                 "id": pa.chunked_array(kept["ids"], pa.string()),
                 "priority": _cat(kept["priority"], np.zeros(0))}), removed_table(removed),
-                [{"kind": self.context.kind, "form": self.context.form}, *[st.settings() for st in filters]])
+                [{"kind": self.context.kind, "form": self.context.shape.format, **self._columns_setting()}, *[st.settings() for st in filters]])
         elif total != state.total or done != state.kept.num_rows:
             raise RuntimeError(f"{self.source.description}: the input changed during the curation")
         arrays = {f: _cat(out[f], np.zeros((0, 16), np.uint8) if isinstance(f, Digest)
                           else np.zeros((0, feeds[f].dim()), np.float32)) for f in missing}
         return state, arrays, feeds
+
+    def _columns_setting(self) -> dict:
+        """The columns read, where they are not the format's defaults (older caches stay valid)."""
+        shape = self.context.shape
+        defaults = self.recipe.input.model_copy(update={"columns": {}}).shape(self.source.schema)
+        return {} if shape == defaults else {"columns": shape.used()}
+
+    def _check_bad_input(self, state) -> None:
+        removed = state.removed
+        bad = [i for i, r in enumerate(removed.column("reason").to_pylist()) if r == "bad_input"]
+        limit = self.recipe.input.max_bad_share
+        if self.total and len(bad) / self.total > limit:
+            pos, detail = removed.column("position")[bad[0]].as_py(), removed.column("detail")[bad[0]].as_py()
+            raise InputError(f"{self.recipe.input.path}: {len(bad)} of {self.total} rows cannot be read as "
+                             f"{self.context.shape.line()} (over {limit:.0%}); first: row {pos}: {detail}; "
+                             "set input.format / input.columns (or input.max_bad_share)")
 
     def apply_set(self, stage: SetStage, s: Survivors) -> Survivors:
         index = self.stages.index(stage)
@@ -423,7 +442,7 @@ class Curation:
 
         for pos, row in self._rows():
             if alive[pos]:
-                parsed, _ = parse(row, self.context.form, self.context.cols)
+                parsed, _ = parse(row, self.context.shape)
                 pending.append((pos, parsed))
                 if len(pending) >= batch_size:
                     flush()
@@ -524,7 +543,7 @@ class Curation:
         the row cannot be parsed)."""
         if self.p1_of[pos] >= 0:
             return self._id_at(pos)
-        parsed, problem = parse(row, self.context.form, self.context.cols)
+        parsed, problem = parse(row, self.context.shape)
         return None if problem else _external_id(row, self.context.cols.id, parsed)
 
     def _report(self, name, rows_in, removed, settings=None, cache=None):
@@ -540,6 +559,8 @@ class Curation:
             status="complete",
             row_kind=self.context.kind,
             input=self.source.description,
+            input_shape=self.context.shape.describe(),
+            input_identity=self.source.identity(),
             input_rows=self.total,
             stages=[r.__dict__ for r in self.reports],
             embedding=self.context.embedder_info,
@@ -578,12 +599,31 @@ def preflight(recipe: CurateRecipe, out: str | Path, *, progress: bool = False) 
         if existing.get("kind") != "curated" or (finished and existing.get("recipe_hash") != recipe.fingerprint()):
             raise OutputMismatch(f"{out} holds a different dataset (recipe hash {existing.get('recipe_hash')}); "
                                  "choose another --out or delete it")
-        if finished:
-            return {**existing, "skipped": True}
     if not recipe.input.path:
         raise ConfigError("field 'input.path': required (the dataset to curate)")
-    source = open_source(recipe.input.path, split=recipe.input.split)
-    return Curation(recipe, source, out, progress=progress)
+    source = recipe.input.open()
+    if existing and existing.get("status") == "complete":
+        if existing.get("input_identity") not in (None, source.identity()):
+            raise OutputMismatch(f"{out} was curated from another version of {recipe.input.path} (then "
+                                 f"{_said(existing['input_identity'])}, now {_said(source.identity())}); "
+                                 "choose another --out or delete it")
+        return {**existing, "skipped": True}
+    curation = Curation(recipe, source, out, progress=progress)
+    shape = curation.context.shape
+    check_share(next(source.rows(0, 1000), []), shape, recipe.input.max_bad_share, recipe.input.path,
+                sampled=source.count() > 1000)
+    if progress:
+        say(f"input: {recipe.input.path}: {source.count()} rows of {shape.line()}")
+    return curation
+
+
+def say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _said(identity: dict) -> str:
+    return f"commit {identity['revision'][:12]}" if "revision" in identity else f"sha256 {identity.get('sha256')}"
 
 
 def curate(recipe: CurateRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:

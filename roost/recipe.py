@@ -96,8 +96,9 @@ class Recipe(Strict):
     loop: LoopConfig | None = None  # for `roost iterate`; not part of the data's fingerprint
     executor: ExecutorConfig = throughput(ExecutorConfig())  # where shards run; not part of the fingerprint
 
-    def fingerprint(self) -> str:
-        return fingerprint(self, ignore=("name", "loop"))
+    def fingerprint(self, contents: dict[str, str] | None = None) -> str:
+        """`contents`: what the inputs are (roost.build.build_fingerprint)."""
+        return fingerprint(self, ignore=("name", "loop"), contents=contents)
 
 
 class CurateInput(DatasetInput):

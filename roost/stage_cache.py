@@ -43,8 +43,8 @@ cache when the curation completes (a finished output is never recomputed).
 
 Why content digests for the input: hashing reads each byte once (sha256 here: ~0.9 GB/s,
 about 1 s for a 1M-row input) where names, sizes and mtimes could miss a file edited in
-place with its size and time kept, or rewritten within a coarse file-system timestamp. A
-Hub input (streamed, no content to hash cheaply) is not cached (`cache: off`).
+place with its size and time kept, or rewritten within a coarse file-system timestamp (a process hashes a file once per size and
+nanosecond mtime). A Hub input is its commit.
 """
 from __future__ import annotations
 
@@ -87,21 +87,12 @@ def _hash(data: Any) -> str:
 # -- what the keys are made of ----------------------------------------------------------------
 
 
-def input_fingerprint(source) -> dict[str, Any] | None:
-    """sha256 over the input files' bytes, in reading order; None for a Hub stream."""
-    files = source.local_files()
-    if files is None:
-        return None
-    digest = hashlib.sha256()
-    size = 0
-    for path in files:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-                size += len(chunk)
-        digest.update(f"{h.hexdigest()}\n".encode())
-    return {"sha256": digest.hexdigest()[:16], "files": len(files), "bytes": size}
+def input_fingerprint(source) -> dict[str, Any]:
+    """What the input is (roost.sources.Source.identity): its files' bytes, or its Hub commit."""
+    identity = source.identity()
+    if "revision" in identity:
+        return {**identity, "sha256": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]}
+    return identity
 
 
 def embedding_identity(recipe) -> dict[str, Any]:
@@ -229,8 +220,8 @@ class ReadState:
 
 
 class StageCache:
-    """The cache of one curation (see the module doc). `enabled=False` (or a Hub input) keeps
-    the interface and stores nothing."""
+    """The cache of one curation (see the module doc). `enabled=False` keeps the interface and
+    stores nothing."""
 
     def __init__(self, root: str | Path, recipe, source, stages: list[Stage], lead: int, *, enabled: bool = True):
         self.root = Path(root)
@@ -238,8 +229,7 @@ class StageCache:
         self.input = input_fingerprint(source) if enabled else None
         self.input_seconds = round(time.perf_counter() - t, 3)
         self.enabled = self.input is not None
-        self.off = None if self.enabled else ("caching disabled" if not enabled else
-                                              "Hub input: no content fingerprint")
+        self.off = None if self.enabled else "caching disabled"
         self.entries: dict[str, Entry] = {}
         base = {"version": __version__, "input": (self.input or {}).get("sha256")}
         input_settings = {k: v for k, v in canonical(recipe.input).items() if k != "path"}

@@ -108,7 +108,7 @@ def test_instruction_response_columns_and_missing_columns(tmp_path):
     pq.write_table(pa.table({"text": ["hello"]}), wrong)
     result = CliRunner().invoke(app, ["curate", str(wrong), "--out", str(tmp_path / "o2")])
     assert result.exit_code == 2
-    assert "no 'messages' column, no 'instruction' column" in result.output
+    assert "cannot tell what the rows are (columns: text)" in result.output and "input.format" in result.output
 
 
 def test_scores_selection_rerun_and_mismatch(tmp_path, input_path, chatml_engine, tiny_chatml_path):

@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from roost.filters.exact_dedup import exact_dedup, normalize_text
-from roost.rows import Columns, parse
+from roost.rows import Columns, Shape, parse
 from roost.filters.semantic_dedup import FLAT_MAX_ROWS, semantic_dedup
 
 
@@ -23,7 +23,7 @@ def chat(user: str, assistant: str = "ok", id: str | None = None) -> dict:
 def keys(rows: list[dict], view: str) -> list[str]:
     out = []
     for r in rows:
-        parsed, problem = parse(r, "messages" if "messages" in r else "pair", Columns())
+        parsed, problem = parse(r, Shape("messages") if "messages" in r else Shape("pair", Columns(prompt="instruction", response="response")))
         assert problem is None
         out.append(parsed.view(view))
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from roost.filters import text_rules
 from roost.filters.base import FilterStep
 from roost.filters.heuristics import BrokenTextFilter, LengthFilter, NotARequestFilter, RepeatedNgramFilter
-from roost.rows import Columns, parse
+from roost.rows import Columns, Shape, parse
 from roost.synthesizers import instruction_rules as rules
 
 
@@ -13,14 +13,14 @@ def chat(user, assistant="A fine answer.", id="x"):
     row = {"id": id, "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": user},
                                   {"role": "assistant", "content": "first"}, {"role": "user", "content": "more"},
                                   {"role": "assistant", "content": assistant}]}
-    parsed, problem = parse(row, "messages", Columns())
+    parsed, problem = parse(row, Shape("messages"))
     assert problem is None, problem
     return parsed
 
 
 def pref(prompt, chosen, rejected):
     row = {"chosen": chosen, "rejected": rejected} if prompt is None else {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-    parsed, problem = parse(row, "preference", Columns())
+    parsed, problem = parse(row, Shape("preference"))
     assert problem is None, problem
     return parsed
 
@@ -29,7 +29,7 @@ def test_views_on_sft_and_preference_rows():
     row = chat("Q1", "last")
     assert row.view("first_instruction") == "Q1" and row.view("response") == "last"
     assert row.view("prompt").endswith("user: more") and row.view("prompt").startswith("system: sys")
-    flat, _ = parse({"instruction": "Do X", "response": "Done"}, "pair", Columns())
+    flat, _ = parse({"instruction": "Do X", "response": "Done"}, Shape("pair", Columns(prompt="instruction", response="response")))
     assert flat.view("first_instruction") == "Do X" and flat.view("response") == "Done" and flat.view("prompt") == "Do X"
     p = pref("Name a prime.", "Seven.", "Nine.")
     assert p.kind == "preference" and p.view("prompt") == "Name a prime."
@@ -41,13 +41,12 @@ def test_views_on_sft_and_preference_rows():
 
 
 def test_bad_preference_rows_say_why():
-    cols = Columns()
     for row, needle in (({"prompt": "Q?", "chosen": None, "rejected": "x"}, "'chosen' is null"),
                         ({"prompt": None, "chosen": "a", "rejected": "x"}, "'prompt' is null"),
                         ({"prompt": "", "chosen": "a", "rejected": "b"}, "empty or non-string content"),
                         ({"prompt": [], "chosen": "a", "rejected": "b"}, "empty or not a list"),
                         ({"prompt": "Q?", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"}, "assistant")):
-        parsed, problem = parse(row, "preference", cols)
+        parsed, problem = parse(row, Shape("preference"))
         assert parsed is None and needle in problem, (row, problem)
 
 
@@ -59,7 +58,7 @@ def test_length_filter_reasons():
     assert d.reason == "too_long_instruction" and d.detail == "21 chars > 20"
     assert f.check(chat("Hello there", "ok")).reason == "too_short_response"
     assert f.check(chat("Hello there", "y" * 11)).reason == "too_long_response"
-    flat, _ = parse({"instruction": "Hello there"}, "pair", Columns())
+    flat, _ = parse({"instruction": "Hello there"}, Shape("prompt", Columns(prompt="instruction")))
     assert f.check(flat).reason == "too_short_response"
     d = f.check(pref("Hello there", "Fine.", "no"))
     assert d.reason == "too_short_response" and d.detail.startswith("rejected:")

@@ -30,8 +30,10 @@ def detect_convention(names, convention: str = "auto") -> tuple[str, str, str]:
 
 
 class Problems(Strict):
-    path: str  # Parquet file/dir/glob, JSON Lines, hf://<dataset>, a roost output
+    path: str  # Parquet / JSON Lines / JSON / CSV file, dir or glob, hf://<dataset>, a roost output
     split: str = "train"
+    config: str | None = None  # hf:// only: the dataset's config (gsm8k: "main")
+    revision: str | None = None  # hf:// only: a branch, tag or commit
     convention: Literal["auto", "gsm8k", "math", "plain"] = "auto"
     question_column: str | None = None  # default: question (gsm8k), problem (math)
     answer_column: str | None = None  # default: answer (gsm8k, plain), solution (math)
@@ -64,7 +66,7 @@ class ProblemRows:
         from roost.sources import open_source
 
         self.config = config
-        self.source = open_source(config.path, split=config.split)
+        self.source = open_source(config.path, split=config.split, config=config.config, revision=config.revision)
         names = set(self.source.schema.names)
         self.convention, self.question, self.answer = self._columns(names)
         total = self.source.count()
@@ -82,6 +84,10 @@ class ProblemRows:
             raise InputError(f"{c.path}: no {' or '.join(repr(m) for m in missing)} column for {convention} problems "
                              f"(columns: {', '.join(sorted(names))}); set problems.question_column / answer_column")
         return convention, question, answer
+
+    def describe(self) -> dict:
+        return {"path": self.config.path, "convention": self.convention, "question_column": self.question,
+                "answer_column": self.answer, **self.source.identity()}
 
     def read(self, start: int, stop: int) -> Iterator[Problem | BadProblem]:
         """A Problem, or a BadProblem with its reason, per row of [start, stop)."""

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}  # tool: a tool's result, between assistant turns
 
 SAMPLING = pa.struct(  # roost.config.SamplingConfig, as recorded on every row
     [("temperature", pa.float64()), ("top_p", pa.float64()), ("top_k", pa.int64()), ("min_p", pa.float64()),
@@ -84,6 +84,11 @@ def check_messages(messages: Any, *, name: str = "messages", must_end_with: str 
         if m["role"] == "system":
             if i != 0:
                 return f"{name}[{i}]: system message not first"
+            continue
+        if m["role"] == "tool":  # answers the assistant turn before it; the assistant speaks next
+            if i == 0 or messages[i - 1]["role"] not in ("assistant", "tool"):
+                return f"{name}[{i}]: a tool message must follow an assistant or tool message"
+            expected = "assistant"
             continue
         if m["role"] != expected:
             return f"{name}[{i}]: expected role {expected!r}, got {m['role']!r}"

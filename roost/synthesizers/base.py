@@ -35,35 +35,37 @@ class SynthesizerConfig(Strict):
 
 class InputRows:
     """A synthesizer's input, opened and checked once (readable, of a kind it accepts, not
-    empty), then read one shard's slice at a time. Bad rows come back with the reason.
-    Subclasses read other forms by overriding `_detect` and `_parse`."""
+    mostly bad rows), then read one shard's slice at a time. Bad rows come back with the
+    reason. Subclasses read other shapes by overriding `_detect` and `_parse`."""
 
     def __init__(self, config: DatasetInput, accepts: tuple[str, ...], who: str):
-        from roost.sources import open_source
+        from roost.rows import check_share
 
         self.config = config
-        self.cols = config.columns()
-        self.source = open_source(config.path, split=config.split)
-        self.kind, self.form = self._detect(self.source.schema)
+        self.source = config.open()
+        self.shape = self._detect(self.source.schema)
+        self.cols = self.shape.cols
+        self.kind = self.shape.kind
         if self.kind not in accepts:
             raise InputError(f"{config.path}: {self.kind} rows, but the {who} synthesizer needs "
                              f"{' or '.join(accepts)} rows")
-        total = self.source.count()
-        self.total = total if total is not None else sum(len(b) for b in self.source.batches())
-        if self.total == 0:
-            raise InputError(f"{config.path}: no rows")
+        self.total = self.source.count()
+        sample = [row for batch in self.source.rows(0, 1000) for row in batch]
+        check_share(sample, self.shape, config.max_bad_share, config.path, sampled=self.total > len(sample))
 
-    def _detect(self, schema: pa.Schema) -> tuple[str, str]:
-        """(kind, form) of the input from its columns."""
-        from roost.rows import detect_kind
-
-        return detect_kind(schema, self.cols)
+    def _detect(self, schema: pa.Schema):
+        """The input's roost.rows.Shape."""
+        return self.config.shape(schema)
 
     def _parse(self, row: dict):
         """(Parsed or None, problem or None) of one row."""
         from roost.rows import parse
 
-        return parse(row, self.form, self.cols)
+        return parse(row, self.shape)
+
+    def describe(self) -> dict:
+        """What the input is, for the manifest: path, shape, content digest or Hub commit."""
+        return {"path": self.config.path, **self.shape.describe(), **self.source.identity()}
 
     def rows(self, start: int, stop: int):
         """(row, parsed or None, problem or None, id) for rows [start, stop)."""
@@ -147,6 +149,11 @@ class Synthesizer:
 
     def generate(self, shard: Shard) -> ShardOutput:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def inputs(self) -> dict[str, dict]:
+        """name -> what each dataset the synthesizer reads is (InputRows.describe): path,
+        shape, content digest or Hub commit. Recorded in the manifest and the fingerprint."""
+        return {}
 
     def provenance(self) -> dict[str, Any]:
         return {}

@@ -74,7 +74,9 @@ class PromptRows(InputRows):
         self.question = self.answer = self.convention = None
         super().__init__(config, accepts=("sft", "preference"), who=who)
 
-    def _detect(self, schema: pa.Schema) -> tuple[str, str]:
+    def _detect(self, schema: pa.Schema):
+        from roost.rows import detect
+
         c, names = self.config, set(schema.names)
         convention, question, answer = detect_convention(names, c.convention)
         if self.gold:
@@ -85,15 +87,18 @@ class PromptRows(InputRows):
                                  "set prompts.answer_column")
         if c.question_column is None:
             try:
-                return super()._detect(schema)
+                shape = super()._detect(schema)
             except InputError:
                 if question not in names:
                     raise
+            else:  # problems (a question and its answer): the question alone is the prompt
+                if not (shape.format in ("pair", "prompt") and question in names and c.format == "auto"):
+                    return shape
         self.question = c.question_column or question
         if self.question not in names:
             raise InputError(f"synthesizer.prompts.question_column: {c.path} has no {self.question!r} column "
                              f"(columns: {', '.join(sorted(names))})")
-        return "sft", "question"
+        return detect(schema, "prompt", {"prompt": self.question})
 
     def _parse(self, row: dict):
         if self.question is None:
@@ -116,7 +121,7 @@ class PromptRows(InputRows):
         return gold, None
 
     def describe(self) -> dict:
-        return {"path": self.config.path, "question_column": self.question, "answer_column": self.answer,
+        return {**super().describe(), "question_column": self.question, "answer_column": self.answer,
                 "convention": self.convention}
 
 
@@ -143,6 +148,9 @@ class PromptedSynthesizer(Synthesizer):
         if self._source is None:
             self._source = PromptRows(self.config.prompts, who=self.kind, gold=self.verifier_config() is not None)
         return self._source
+
+    def inputs(self) -> dict[str, dict]:
+        return {"prompts": self.source().describe()} if self.config.prompts.path else {}
 
     def _check_prompts(self) -> None:
         """The prompts (and a verifier's gold answers and tie-break model) before any engine starts."""

@@ -84,6 +84,9 @@ class Spin(Synthesizer):
             self._source = InputRows(self.config.input, accepts=("sft",), who="spin (it needs gold answers)")
         return self._source
 
+    def inputs(self) -> dict[str, dict]:
+        return {"input": self.source().describe()}
+
     def plan(self) -> list[Shard]:
         return self.slices(self.source().total)
 

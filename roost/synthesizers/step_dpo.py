@@ -273,6 +273,9 @@ class StepDpo(Synthesizer):
             self._problems = ProblemRows(self.config.problems)
         return self._problems
 
+    def inputs(self) -> dict[str, dict]:
+        return {"problems": self.problem_rows().describe()}
+
     def plan(self) -> list[Shard]:
         return self.slices(self.problem_rows().total)
 
