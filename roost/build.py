@@ -9,6 +9,7 @@ This module names no synthesizer: they are found by `kind` (roost.synthesizers).
 """
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -88,6 +89,8 @@ def preflight(recipe: Recipe, out: str | Path) -> list[Shard]:
     synth.check()
     shards = synth.plan()
     check_resumable(recipe, out, len(shards))
+    for name, described in synth.inputs().items():
+        sys.stderr.write(f"{name}: {described['path']}: {described['rows']} rows of {described['read_as']}\n")
     return shards
 
 

@@ -340,7 +340,10 @@ class Curation:
     def _columns_setting(self) -> dict:
         """The columns read, where they are not the format's defaults (older caches stay valid)."""
         shape = self.context.shape
-        defaults = self.recipe.input.model_copy(update={"columns": {}}).shape(self.source.schema)
+        try:
+            defaults = self.recipe.input.model_copy(update={"columns": {}}).shape(self.source.schema)
+        except InputError:  # the format's columns must be named
+            defaults = None
         return {} if shape == defaults else {"columns": shape.used()}
 
     def _check_bad_input(self, state) -> None:

@@ -163,19 +163,34 @@ def _file_kind(path: str) -> str:
 def _read_table(path: str) -> pa.Table:
     try:
         if _file_kind(path) == "csv":
-            import pyarrow.csv as pacsv
-
-            delimiter = "\t" if path.lower().endswith(".tsv") else ","
-            # every column a string: a prompt of digits stays text, and ids keep their zeros
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                header = next(iter(__import__("csv").reader(fh, delimiter=delimiter)), [])
-            return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                                  convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in header}))
+            return _read_csv(path)
         return _read_json(path)
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
         if isinstance(e, SourceError):
             raise
         raise SourceError(f"{path}: cannot read it as {_file_kind(path).upper()} ({_why(e)})") from None
+
+
+def _read_csv(path: str) -> pa.Table:
+    """Every cell a string (a prompt of digits stays text, ids keep their zeros); quoted
+    newlines stay in their cell; a broken quote or a row of the wrong width names its line."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh, delimiter="\t" if path.lower().endswith(".tsv") else ",", strict=True)
+        try:
+            header = next(reader, None)
+            if not header:
+                raise SourceError(f"{path}: no header row (the first line names the columns)")
+            rows = []
+            for row in reader:
+                if len(row) != len(header):
+                    raise SourceError(f"{path}: line {reader.line_num}: {len(row)} fields, the header has {len(header)}")
+                rows.append(row)
+        except csv.Error as e:
+            raise SourceError(f"{path}: cannot read it as CSV (line {reader.line_num}: {e})") from None
+    columns = list(zip(*rows)) if rows else [()] * len(header)
+    return pa.table({name: pa.array(col, pa.string()) for name, col in zip(header, columns)})
 
 
 def _read_json(path: str) -> pa.Table:

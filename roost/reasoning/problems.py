@@ -86,8 +86,9 @@ class ProblemRows:
         return convention, question, answer
 
     def describe(self) -> dict:
-        return {"path": self.config.path, "convention": self.convention, "question_column": self.question,
-                "answer_column": self.answer, **self.source.identity()}
+        return {"path": self.config.path, "rows": self.total, "convention": self.convention,
+                "read_as": f"{self.convention} problems from {self.question!r}, answers from {self.answer!r}",
+                "question_column": self.question, "answer_column": self.answer, **self.source.identity()}
 
     def read(self, start: int, stop: int) -> Iterator[Problem | BadProblem]:
         """A Problem, or a BadProblem with its reason, per row of [start, stop)."""

@@ -65,7 +65,8 @@ class InputRows:
 
     def describe(self) -> dict:
         """What the input is, for the manifest: path, shape, content digest or Hub commit."""
-        return {"path": self.config.path, **self.shape.describe(), **self.source.identity()}
+        return {"path": self.config.path, "rows": self.total, "read_as": self.shape.line(), **self.shape.describe(),
+                **self.source.identity()}
 
     def rows(self, start: int, stop: int):
         """(row, parsed or None, problem or None, id) for rows [start, stop)."""
