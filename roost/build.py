@@ -85,6 +85,7 @@ def preflight(recipe: Recipe, out: str | Path) -> list[Shard]:
         from roost.engines import get_engine
 
         get_engine(recipe.model)
+    _synthesizer.cache_clear()  # a new build opens its inputs again: a file edited or a branch moved since
     synth = synthesizer_for(recipe)
     synth.check()
     shards = synth.plan()
@@ -101,6 +102,10 @@ def run_shard(recipe: Recipe, out: str | Path, index: int) -> ShardStats:
     writer = writer_for(recipe, out, shard.count)
     if writer.is_done(index):
         return writer.shard_stats(index)
+    started = (writer.read_manifest() or {}).get("recipe_hash")
+    if started not in (None, build_fingerprint(recipe)):  # a worker that opened another version of an input
+        raise OutputMismatch(f"{out}: an input changed while it was being built (the build started from "
+                             f"{started}, this worker sees {build_fingerprint(recipe)}); run it again")
     result = synth.generate(shard)
     provenance = {
         "roost_version": __version__,

@@ -303,7 +303,7 @@ def _download(dataset_id: str, config: str | None, commit: str, files: list[str]
                 patterns = _config_patterns(Path(card).read_text(encoding="utf-8"), config)
             except Exception:  # no card (offline: not cached): every file
                 patterns = None
-        return snapshot_download(dataset_id, repo_type="dataset", revision=commit,
+        return snapshot_download(dataset_id, repo_type="dataset", revision=commit, ignore_patterns=[".git*"],
                                  allow_patterns=None if patterns is None else ["README.md", *patterns])
     except Exception as e:
         raise SourceError(f"hf://{dataset_id}@{commit[:12]}: cannot download ({_why(e)})") from None

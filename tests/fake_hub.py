@@ -18,6 +18,8 @@ Routes:
     POST /api/validate-yaml                        {"errors": [], "warnings": []}
     POST /api/datasets/{repo}/preupload/{rev}      "regular" + the stored file's oid, per file
     POST /api/datasets/{repo}/commit/{rev}         NDJSON: header, file (base64), deletedFile
+    GET|HEAD /datasets/{repo}/resolve/{rev}/{path} a file's bytes (rev: a branch or a commit), with the
+                                                   X-Repo-Commit and ETag headers hf_hub_download reads
     GET  /api/agent-harnesses                      404 (the client's user-agent lookup, at most once a
                                                    day, without the token; it ignores the 404)
 
@@ -78,6 +80,8 @@ _ROUTES = [
     ("POST", "preupload", re.compile(rf"^/api/datasets/{_REPO}/preupload/(?P<rev>[^/]+)$")),
     ("POST", "commit", re.compile(rf"^/api/datasets/{_REPO}/commit/(?P<rev>[^/]+)$")),
     ("GET", "agents", re.compile(r"^/api/agent-harnesses$")),
+    ("GET", "resolve", re.compile(rf"^/datasets/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<sub>.+)$")),
+    ("HEAD", "resolve", re.compile(rf"^/datasets/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<sub>.+)$")),
 ]
 
 
@@ -114,16 +118,18 @@ class FakeHub:
                     status, payload, headers = hub._answer(req)
                 req.status = status
                 hub._log(req)
-                data = json.dumps(payload).encode()
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "application/octet-stream" if isinstance(payload, bytes)
+                                 else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":
+                    self.wfile.write(data)
 
-            do_GET = do_POST = _serve
+            do_GET = do_POST = do_HEAD = _serve
 
             def log_message(self, *args):  # quiet: requests are recorded in hub.requests / log_path
                 pass
@@ -172,15 +178,22 @@ class FakeHub:
     def _repo(self, repo: str, rev: str | None = None):
         if repo not in self.repos:
             return None, (404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-        if rev is not None and rev not in self.repos[repo].branches:
+        if rev is not None and rev not in self.repos[repo].branches and self._commit_of(repo, rev) is None:
             return None, (404, {"error": f"Invalid rev id: {rev}"}, {"X-Error-Code": "RevisionNotFound"})
         return self.repos[repo], None
+
+    def _commit_of(self, repo: str, rev: str) -> dict | None:
+        """A branch's head, or the commit whose oid is `rev`."""
+        branches = self.repos[repo].branches
+        if rev in branches:
+            return branches[rev][-1]
+        return next((c for commits in branches.values() for c in commits if c["oid"] == rev), None)
 
     def _info(self, req, repo, rev="main"):
         r, err = self._repo(repo, rev)
         if err:
             return err
-        head = r.head(rev)
+        head = self._commit_of(repo, rev)
         return 200, {"id": repo, "sha": head["oid"], "private": r.private,
                      "siblings": [{"rfilename": p} for p in sorted(head["files"])]}, {}
 
@@ -213,9 +226,28 @@ class FakeHub:
         r, err = self._repo(repo, rev)
         if err:
             return err
-        files = r.head(rev)["files"]
+        files = self._commit_of(repo, rev)["files"]
         return 200, [{"type": "file", "oid": git_blob_sha(data), "size": len(data), "path": p}
                      for p, data in sorted(files.items()) if p.startswith(sub or "")], {}
+
+    def _resolve(self, req, repo, rev, sub):
+        r, err = self._repo(repo, rev)
+        if err:
+            return err
+        commit = self._commit_of(repo, rev)
+        if sub not in commit["files"]:
+            return 404, {"error": f"{sub} not found"}, {"X-Error-Code": "EntryNotFound"}
+        data = commit["files"][sub]
+        return 200, data, {"X-Repo-Commit": commit["oid"], "ETag": f'"{git_blob_sha(data)}"'}
+
+    def put(self, repo: str, files: dict[str, bytes], branch: str = "main") -> str:
+        """A commit of `files` (path -> bytes, replacing the branch's) made directly, as a
+        dataset's owner would push it; its oid."""
+        self.repos.setdefault(repo, Repo(False, {branch: []}))
+        oid = self._oid()
+        self.repos[repo].branches.setdefault(branch, []).append(
+            {"oid": oid, "files": {".gitattributes": GITATTRIBUTES, **files}, "summary": "put"})
+        return oid
 
     def _validate(self, req):
         content = json.loads(req.body).get("content", "")

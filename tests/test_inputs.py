@@ -206,3 +206,117 @@ def test_prompt_and_sharegpt_files_are_prompts_for_a_build(tmp_path):
                         {"role": "user", "content": "What is the capital of France?"}]
     assert share[1][-1] == {"role": "user", "content": "And the secondary ones?"}  # up to the last user turn
     assert prompts("alpaca.json")[7][0]["content"] == "Answer the question below.\n\nWhat is the boiling point of water at sea level?"
+
+
+# -- the Hub: by config and commit, downloaded once (the loopback stand-in Hub, tests/fake_hub.py) --
+
+CARD = """---
+configs:
+- config_name: main
+  data_files:
+  - split: train
+    path: main/train-*.parquet
+- config_name: socratic
+  data_files:
+  - split: train
+    path: socratic/train-*.parquet
+---
+# A GSM8K-shaped set
+"""
+
+
+def _parquet(rows: list[dict]) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _qa(n: int, tag: str) -> list[dict]:
+    return [{"question": f"{tag} question {i}: what is {i} plus {i}?",
+             "answer": f"{i} plus {i} makes {2 * i}.\n#### {2 * i}"} for i in range(n)]
+
+
+def _hub_env(tmp_path: Path, hub, offline: bool = False) -> dict:
+    from procs import tagged_env
+
+    return tagged_env(HF_ENDPOINT=hub.url, HF_TOKEN="hf_test_token", HF_HOME=str(tmp_path / "hf-home"),
+                      HF_DATASETS_CACHE=str(tmp_path / "datasets-cache"), HF_HUB_OFFLINE="1" if offline else "0",
+                      PREFECT_HOME=str(tmp_path / "prefect-home"))
+
+
+def _run(env: dict, *args, timeout: float = 600):
+    import subprocess
+
+    from procs import roost
+
+    return subprocess.run(roost(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_hub_dataset_by_config_and_commit_downloaded_once_and_a_moved_branch_refused(tmp_path):
+    from fake_hub import FakeHub
+
+    with FakeHub("hf_test_token") as hub:
+        first = hub.put("example/gsm8k-mini", {"README.md": CARD.encode(), "main/train-0.parquet": _parquet(_qa(6, "main")),
+                                               "socratic/train-0.parquet": _parquet(_qa(5, "socratic"))})
+        env = _hub_env(tmp_path, hub)
+        recipe = tmp_path / "c.yaml"
+        recipe.write_text("input: {format: pair}\nstages: [{kind: exact_dedup}]\n")
+        out = tmp_path / "out"
+        done = _run(env, "curate", "hf://example/gsm8k-mini?name=main", "--out", out, "--recipe", recipe)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "6 rows of prompt/response pairs from prompt='question', response='answer'" in done.stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["input"]["revision"] == first and manifest["input"]["config"] == "main"
+        assert manifest["input_identity"] == {"dataset": "example/gsm8k-mini", "config": "main", "split": "train",
+                                              "revision": first}
+        assert [r["question"] for r in _read(out)] == [r["question"] for r in _qa(6, "main")]
+        # three passes over the input, one download of the config's file; the other config's never
+        got = [r.path for r in hub.requests if r.route == "resolve" and r.method == "GET"]
+        assert got.count(f"/datasets/example/gsm8k-mini/resolve/{first}/main/train-0.parquet") == 1, got
+        assert not [p for p in got if "socratic" in p]
+
+        moved = hub.put("example/gsm8k-mini", {"README.md": CARD.encode(), "main/train-0.parquet": _parquet(_qa(7, "main")),
+                                               "socratic/train-0.parquet": _parquet(_qa(5, "socratic"))})
+        again = _run(env, "curate", "hf://example/gsm8k-mini?name=main", "--out", out, "--recipe", recipe)
+        assert again.returncode == 2, again.stderr[-3000:]
+        assert f"was curated from another version of hf://example/gsm8k-mini?name=main (then commit {first[:12]}, " \
+               f"now commit {moved[:12]})" in again.stderr
+        pinned = f"hf://example/gsm8k-mini?name=main&revision={first}"
+        offline = _run(_hub_env(tmp_path, hub, offline=True), "curate", pinned, "--out", tmp_path / "pinned",
+                       "--recipe", recipe)
+        assert offline.returncode == 0, offline.stderr[-3000:]  # the commit from the cache, no request
+        assert len(_read(tmp_path / "pinned")) == 6
+        nothing = _run(env, "curate", "hf://example/no-such-set", "--out", tmp_path / "o3", "--recipe", recipe)
+        assert nothing.returncode == 2 and "hf://example/no-such-set: cannot resolve revision 'main'" in nothing.stderr
+
+
+def test_a_build_over_a_hub_set_reads_it_once_and_a_moved_branch_is_not_resumed(tmp_path, tiny_chatml_path):
+    """SPIN over a Hub set of conversations in 3 shards: one download for the build; the branch
+    moves while the output is unfinished, and the resume is refused naming the commit to pin."""
+    from fake_hub import FakeHub
+
+    rows = [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in (
+        [(f"Question {i} of the set?", f"The answer to question {i}.") for i in range(9)])]
+    with FakeHub("hf_test_token") as hub:
+        first = hub.put("example/chats", {"data/train-0.parquet": _parquet(rows)})
+        recipe = tmp_path / "spin.yaml"
+        recipe.write_text(yaml.safe_dump({
+            "name": "hub-spin", "model": {"model": str(tiny_chatml_path), "max_model_len": 1024, "seed": 0},
+            "output": {"shard_size": 3},
+            "synthesizer": {"kind": "spin", "input": {"path": "hf://example/chats"}, "sampling": {"max_tokens": 8}}}))
+        env = _hub_env(tmp_path, hub)
+        out = tmp_path / "out"
+        done = _run(env, "build", recipe, "--out", out)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "input: hf://example/chats: 9 rows of ShareGPT" in done.stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["num_shards"] == 3 and manifest["inputs"]["input"]["revision"] == first
+        got = [r.path for r in hub.requests if r.route == "resolve" and r.method == "GET"]
+        assert got == [f"/datasets/example/chats/resolve/{first}/data/train-0.parquet"], got  # once, for 3 shards
+
+        (out / "data" / sorted(p.name for p in (out / "data").iterdir())[-1]).unlink()  # unfinished again
+        moved = hub.put("example/chats", {"data/train-0.parquet": _parquet(rows[:6])})
+        again = _run(env, "build", recipe, "--out", out)
+        assert again.returncode == 2, again.stderr[-3000:]
+        assert (f"was built from another version of hf://example/chats (commit {first[:12]}, now {moved[:12]}); "
+                f"pin revision: {first} to resume it") in again.stderr
