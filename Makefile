@@ -19,6 +19,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_step_dpo.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_embed.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_dedup.py
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_hub_input.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_static_dedup.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_curate_memory.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_curate_memory.py --rows 1000000 --static

@@ -50,13 +50,40 @@ def user_errors():
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 2))
 
 
+def _warn(line: str) -> None:
+    console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def _holding(out_dir: Path):
     """This run holds OUT (roost.runlock): a second run into it stops with one line."""
     from roost.runlock import hold
 
-    with hold(out_dir, say=lambda line: console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)):
+    with hold(out_dir, say=_warn):
         yield
+
+
+_FLOWS = {  # command: its Prefect flow, and the plain function that does the same work without Prefect
+    "build": ("roost.flows.build:build_flow", "roost.build:build_here"),
+    "curate": ("roost.flows.curate:curate_flow", "roost.curate:curate"),
+    "eval": ("roost.flows.evaluate:eval_flow", "roost.flows.evaluate:evaluate_here"),
+}
+
+
+def _flow(command: str):
+    """The `run` roost.api's runners take, for the command: its Prefect flow (imported only once
+    the run has set up logging), finished without Prefect if the server goes (`_run_flow`)."""
+    def load(spec: str):
+        import importlib
+
+        module, _, attr = spec.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def run(recipe, out: str) -> dict:
+        flow, here = _FLOWS[command]
+        return _run_flow(load(flow), load(here), recipe, out)
+
+    return run
 
 
 def _run_flow(flow, here, *args):
@@ -101,16 +128,9 @@ def _detach_prefect() -> None:
 
 
 def _out_dir(out: Path) -> Path:
-    from roost.errors import ConfigError
+    from roost.api import writable
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".roost-write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    return out
+    return writable(out)
 
 
 @app.command()
@@ -135,38 +155,15 @@ def build(
         "or tensor_parallel_size GPUs)")] = None,
 ) -> None:
     """Build a dataset from a recipe. Re-running into the same --out resumes."""
-    overrides = {
-        "model.model": model,
-        "model.revision": revision,
-        "model.server.url": server,
-        "output.num_rows": num_rows,
-        "output.shard_size": shard_size,
-        "model.seed": seed,
-        **_parse_sets(set_),
-        "executor.kind": "ray" if ray else None,
-        "executor.address": ray,
-        "executor.workers": ray_workers,
-    }
+    from roost import api
+
     with user_errors():
-        rec = load_recipe(recipe, overrides)
-        if ray_workers and rec.executor.kind != "ray":
-            from roost.errors import ConfigError
-
-            raise ConfigError("--ray-workers: only with --ray ADDRESS (or executor: {kind: ray} in the recipe)")
-        out_dir = _out_dir(out or Path("out") / rec.name)
-        with _holding(out_dir):
-            logs.setup(out_dir, verbose)
-            from roost.build import preflight
-            from roost.flows.build import build_flow
-
-            preflight(rec, out_dir)  # user errors surface here, before Prefect and the engines start
-            if rec.executor.kind == "ray":  # an address that does not answer: one line, now
-                from roost.ray_executor import connect
-
-                connect(rec.executor.address, quiet=not verbose)
-            from roost.build import build_here
-
-            manifest = _run_flow(build_flow, build_here, rec, str(out_dir))
+        sets = _parse_sets(set_)
+        rec = api.build_recipe(recipe, model=model, revision=revision, num_rows=num_rows, shard_size=shard_size,
+                               seed=seed, server=server, overrides=sets, ray=ray, ray_workers=ray_workers)
+        out_dir = out or api.default_build_out(rec)
+        manifest = api.run_build(rec, out_dir, run=_flow("build"), verbose=verbose,
+                                 say=_warn)
     _print_build_summary(manifest, out_dir)
 
 
@@ -248,41 +245,22 @@ def eval_cmd(
     by number of steps; and/or (the recipe's `open_ended:`) its win rate against a reference model or gold
     answers on open-ended prompts, raw and length-controlled. Per-item outcomes as Parquet beside a JSON
     summary. Re-running resumes."""
-    from roost.recipe import _read_yaml, load_eval_recipe
+    from roost import api
+    from roost.recipe import _read_yaml
 
     with user_errors():
-        start, stop = _row_range(rows)
-        overrides = {"model.model": model, "model.server.url": server, "problems.path": problems,
-                     "problems.start": start, "problems.stop": stop, "samples": samples, **_parse_sets(set_)}
+        start, stop = api.row_range(rows)
+        sets = _parse_sets(set_)
         if harness is not None:
             raw = _read_yaml(recipe) if recipe is not None else {}
             _harness({**raw, "model": {**(raw.get("model") or {}), **({"model": model} if model else {})}},
                      harness, out, verbose)
             return
-        rec = load_eval_recipe(recipe, overrides)
-        out_dir = _out_dir(out or Path("out") / f"eval-{Path(rec.model.model).name}")
-        with _holding(out_dir):
-            logs.setup(out_dir, verbose)
-            from roost.evaluation.run import preflight
-            from roost.flows.evaluate import eval_flow
-
-            preflight(rec, out_dir)
-            from roost.flows.evaluate import evaluate_here
-
-            summary = _run_flow(eval_flow, evaluate_here, rec, str(out_dir))
+        rec = api.eval_recipe(recipe, model=model, problems=problems, rows=(start, stop), samples=samples,
+                              server=server, overrides=sets)
+        out_dir = out or api.default_eval_out(rec)
+        summary = api.run_evaluation(rec, out_dir, run=_flow("eval"), verbose=verbose, say=_warn)
     _print_eval_summary(summary, out_dir)
-
-
-def _row_range(rows: Optional[str]) -> tuple[Optional[int], Optional[int]]:
-    from roost.errors import ConfigError
-
-    if rows is None:
-        return None, None
-    lo, sep, hi = rows.partition(":")
-    try:
-        return (int(lo) if lo else 0), (int(hi) if hi else None)
-    except ValueError:
-        raise ConfigError(f"--rows {rows!r}: expected START:STOP, e.g. 2000:2500") from None
 
 
 def _harness(raw: dict, task: str, out: Optional[Path], verbose: bool) -> None:
@@ -441,70 +419,16 @@ def curate(
         help="URL of a vLLM server serving the reward model (reward model's server)")] = None,
 ) -> None:
     """Deduplicate, filter, score and select rows (SFT or preference); removed rows go to rejects/ with reasons."""
-    from roost.recipe import CurateRecipe, _read_yaml, apply_overrides, stage_block, upgrade_curate, validate
+    from roost import api
 
     with user_errors():
-        raw = upgrade_curate(_read_yaml(recipe) if recipe is not None else {})
-        apply_overrides(raw, {"input.path": input, "input.split": split, "embedding.model": embedding_model,
-                              "shard_size": shard_size})
-        if semantic is False:
-            raw["stages"] = [b for b in raw.get("stages") or _default_stages() if b.get("kind") != "semantic_dedup"]
-        _stage_options(raw, stage_block, exact_field=exact_field, threshold=threshold, scorer=scorer,
-                       complexity_model=complexity_model, quality_model=quality_model, reward_model=reward_model,
-                       budget=budget, tau=tau, semantic=semantic)
-        if scorer_server:
-            block = stage_block(raw, "deita", create=True)
-            block["server"] = _with_url(block.get("server"), scorer_server)
-        if reward_server:
-            block = stage_block(raw, "reward", create=True)
-            block["model"] = {**(block.get("model") or {})}
-            block["model"]["server"] = _with_url(block["model"].get("server"), reward_server)
-        rec = validate(CurateRecipe, raw, str(recipe) if recipe is not None else "options")
-        out_dir = _out_dir(out)
-        with _holding(out_dir):
-            logs.setup(out_dir, verbose)
-            from roost.curate import preflight
-            from roost.flows.curate import curate_flow
-
-            preflight(rec, out_dir)  # user errors surface here, before Prefect and the models start
-            from roost.curate import curate as curate_here
-
-            manifest = _run_flow(curate_flow, curate_here, rec, str(out_dir))
+        rec = api.curate_recipe(input=input, recipe=recipe, split=split, exact_field=exact_field, semantic=semantic,
+                                threshold=threshold, embedding_model=embedding_model, scorer=scorer,
+                                complexity_model=complexity_model, quality_model=quality_model,
+                                reward_model=reward_model, budget=budget, tau=tau, shard_size=shard_size,
+                                scorer_server=scorer_server, reward_server=reward_server)
+        manifest = api.run_curate(rec, out, run=_flow("curate"), verbose=verbose, say=_warn)
     _print_curate_summary(manifest, out)
-
-
-def _with_url(server, url: str) -> dict:
-    """A recipe's server block (a URL, a mapping or nothing) with its URL replaced."""
-    return {**(server if isinstance(server, dict) else {}), "url": url}
-
-
-def _default_stages() -> list[dict]:
-    from roost.recipe import default_stages
-
-    return default_stages()
-
-
-def _stage_options(raw, stage_block, *, exact_field, threshold, scorer, complexity_model, quality_model,
-                   reward_model, budget, tau, semantic) -> None:
-    if exact_field:
-        stage_block(raw, "exact_dedup", create=True)["view"] = exact_field
-    if threshold is not None or semantic:
-        block = stage_block(raw, "semantic_dedup", create=True)
-        if threshold is not None:
-            block["threshold"] = threshold
-    if scorer or complexity_model or quality_model:
-        block = stage_block(raw, "deita", create=True)
-        block["complexity_model"] = complexity_model or scorer or block.get("complexity_model")
-        block["quality_model"] = quality_model or scorer or block.get("quality_model")
-    if reward_model:
-        block = stage_block(raw, "reward", create=True)
-        block["model"] = {**(block.get("model") or {}), "model": reward_model}
-    if budget is not None or tau is not None:
-        block = stage_block(raw, "selection", create=True)
-        if budget is not None:
-            block["budget"] = budget
-        if tau is not None:
-            block["tau"] = tau
 
 
 def _print_curate_summary(manifest: dict, out_dir: Path) -> None:

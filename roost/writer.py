@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,9 +61,13 @@ class ShardStats:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`data` as `path`: a hidden temp file beside it, fsync, rename into place. The file gets
+    the mode any new file gets (0666 less the umask: 0644 under umask 022), as the Parquet
+    shards beside it do; `tempfile.mkstemp` would make it 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with stopping.deferred():  # a Ctrl-C now lands after the rename: never a temp file left
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -265,6 +268,14 @@ class DatasetWriter:
 
 
 def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
+    """The one place a build's or curation's manifest.json is written. What is recorded (not
+    what is fingerprinted: `recipe_hash` is the live recipe's) is made portable on the way:
+    a curation whose input is a roost output gets that output's `input_provenance`, and no
+    absolute path of this machine is written (roost.portable; `paths` says how they read)."""
+    from roost.lineage import with_input_provenance
+    from roost import portable
+
+    manifest = {**portable.portable(with_input_provenance(manifest), root), "paths": portable.NOTE}
     atomic_write_bytes(Path(root) / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
 
 

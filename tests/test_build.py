@@ -66,6 +66,15 @@ def test_flow_writes_hub_style_shards_with_provenance_and_resumes(tmp_path, chat
     assert on_disk["roost_version"] and on_disk["seed"] == 0 and on_disk["recipe"]["name"] == "test-build"
     meta = read_roost_metadata(out / "data" / files[0])
     assert meta["provenance"]["recipe_hash"] == recipe.fingerprint()
+    # manifest.json: the shards' file mode (0644 under umask 022, not mkstemp's 0600), and no
+    # absolute path of this machine (roost.portable); the model's identity is its revision
+    mode = lambda p: (p.stat().st_mode & 0o777)  # noqa: E731
+    assert mode(out / "manifest.json") == mode(out / "data" / files[0])
+    text = (out / "manifest.json").read_text()
+    assert str(tmp_path) not in text and str(REPO) not in text and str(tiny_chatml_path) not in text
+    from roost.portable import portable_path
+
+    assert on_disk["model"] == on_disk["recipe"]["model"]["model"] == portable_path(str(tiny_chatml_path), out)
 
     # the datasets library loads it as is
     import datasets

@@ -277,6 +277,102 @@ def test_curated_output_from_a_real_curate_run(tmp_path):
     assert "exact_dedup" in card.text
 
 
+def test_a_curated_card_names_the_model_and_recipe_that_made_its_input(tmp_path):
+    from roost.curate import curate
+    from roost.recipe import CurateRecipe
+
+    source = make_sft(tmp_path / "sft", n=12)
+    out = tmp_path / "curated"
+    recipe = CurateRecipe.model_validate({"name": "curate-test", "input": {"path": str(source / "data")},
+                                          "stages": [{"kind": "exact_dedup"}]})
+    curate(recipe, out, progress=False)
+    prov = json.loads((out / "manifest.json").read_text())["input_provenance"]
+    assert (prov["kind"], prov["synthesizer"], prov["model"], prov["revision"]) == ("build", "magpie", "org/tiny-policy", "0123abcd")
+    assert prov["recipe"] == {"name": "sft-test", "hash": hashlib.sha256(b"sft-test").hexdigest()[:16]}
+
+    dest = tmp_path / "staged"
+    _dry_run(out, dest, "roost-test/curated")
+    card, _ = _card(dest)
+    made = next(line for line in card.text.splitlines() if "made by `roost build`" in line)
+    assert "`magpie` synthesizer" in made and "recipe `sft-test`" in made and "policy `org/tiny-policy`" in made
+    assert "revision `0123abcd`" in made
+    assert "| input: policy | `org/tiny-policy` | `0123abcd` |" in card.text  # in the models table too
+
+    # a curation of that curation names the build at the start of the chain, and the curation between
+    again = tmp_path / "again"
+    curate(CurateRecipe.model_validate({"name": "curate-again", "input": {"path": str(out)},
+                                        "stages": [{"kind": "exact_dedup"}]}), again, progress=False)
+    _dry_run(again, tmp_path / "staged-again", "roost-test/again")
+    text = _card(tmp_path / "staged-again")[0].text
+    assert "itself a `roost curate` output: recipe `curate-test`" in text and "recipe `sft-test`" in text
+
+
+def _sft_of(root: Path, texts: list[str], shards: int = 2) -> Path:
+    writer = DatasetWriter(root, SFT_ROWS, num_shards=shards)
+    stats = []
+    for s in range(shards):
+        rows = []
+        for i in range(s, len(texts), shards):
+            conv = [{"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": texts[i]}, {"role": "assistant", "content": texts[i] + " " + str(i)}]
+            rows.append({"id": row_id(conv), "messages": conv, "n_turns": 1, "language": None, "model": "org/tiny-policy"})
+        stats.append(writer.write_shard(s, rows, [], {"synthesizer": "magpie"}))
+    write_manifest(root, _manifest("sft", "magpie", root.name, stats, shards))
+    return root
+
+
+@pytest.mark.parametrize("texts, expected", [
+    (["用一句话解释量子纠缠。", "请写一首关于秋天的诗。", "如何在 Python 中反转列表？"] * 4, ["zh"]),
+    (["量子もつれを一文で説明してください。", "秋についての詩を書いてください。", "東京都の人口を教えてください。"] * 4, ["ja"]),
+    (["用一句话解释量子纠缠。"] * 6 + ["What is the difference between a list and a tuple?"] * 4 + ["今日は何をしますか？"] * 2,
+     ["zh", "en", "ja"]),
+])
+def test_card_language_is_read_from_the_rows_text(tmp_path, texts, expected):
+    out = _sft_of(tmp_path / "rows", texts)
+    dest = tmp_path / "staged"
+    _dry_run(out, dest, "roost-test/lang")
+    assert _card(dest)[0].data.language == expected
+
+
+def test_no_absolute_path_in_the_staged_card_manifests_or_recipe(tmp_path, monkeypatch):
+    """An output written before paths were recorded portably (absolute model, input and cache
+    paths in its manifest), and an iterate loop (absolute paths in iterations.json and its
+    training commands): the staged folder holds none of this machine's paths."""
+    monkeypatch.chdir(tmp_path)  # a working directory that holds none of them
+    model = tmp_path / "models" / "tiny-policy"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    old = make_sft(tmp_path / "old", n=6)
+    m = json.loads((old / "manifest.json").read_text())
+    m.pop("paths", None)
+    m["recipe"]["model"]["model"] = m["model"] = m["engine"]["model"] = str(model)
+    m["cache"] = {"dir": str(old / ".cache")}
+    (old / "manifest.json").write_text(json.dumps(m, indent=2))  # as an older roost wrote it
+    loop = make_iterate(tmp_path / "loop")
+    steps = json.loads((loop / "iterations.json").read_text())
+    steps["iterations"][0]["command"] = f"python train.py --data {loop}/iter-0/data --model {model} --output {loop}/iter-0/model"
+    (loop / "iterations.json").write_text(json.dumps(steps, indent=2))
+
+    machine = [str(tmp_path), str(REPO), str(Path.home())]
+    for out, repo in ((old, "roost-test/old"), (loop, "roost-test/loop")):
+        dest = tmp_path / f"staged-{out.name}"
+        monkeypatch.chdir(REPO)  # publish from elsewhere than where it was made
+        _dry_run(out, dest, repo)
+        for name in ("README.md", "roost_recipe.yaml", "manifest.json", "iterations.json", "iter-1/manifest.json"):
+            if (dest / name).exists():
+                text = (dest / name).read_text()
+                assert not [p for p in machine if p in text], (name, [p for p in machine if p in text])
+    staged = json.loads((tmp_path / "staged-old" / "manifest.json").read_text())
+    assert staged["model"] == "../models/tiny-policy" and staged["cache"]["dir"] == ".cache"  # beside OUT; in it
+    assert (tmp_path / "staged-old" / "manifest.json").stat().st_ino != (old / "manifest.json").stat().st_ino  # a copy
+    assert json.loads((old / "manifest.json").read_text()) == m  # OUT untouched
+    card = (tmp_path / "staged-loop" / "README.md").read_text()
+    assert "`iter-0/model`" in card  # the iterations table: paths relative to the loop's folder
+    loop_json = json.loads((tmp_path / "staged-loop" / "iterations.json").read_text())
+    assert loop_json["iterations"][0]["command"] == ("python train.py --data iter-0/data --model ../models/tiny-policy "
+                                                     "--output iter-0/model")
+
+
 def test_iterate_output_publishes_every_round_default_is_the_last(tmp_path):
     out = make_iterate(tmp_path / "loop")
     dest = tmp_path / "staged"

@@ -115,6 +115,42 @@ def test_other_pair_rules_and_the_groups_that_make_no_pair():
     assert _synth()._pairs("p", PROMPT, one, r, random.Random(0), SHARD)[1][0] == "too_few_scored"
 
 
+@pytest.mark.parametrize("subsets", [False, True])
+def test_a_quantile_cut_labels_the_rows_of_data_and_the_manifest_counts_them(tmp_path, subsets):
+    """`difficulty: {quantile}` is decided at the build's end: finish() writes the labels into
+    data/ (not only into easy/ and hard/), keeps each shard's provenance, and a second finish
+    rewrites nothing."""
+    from roost.writer import DatasetWriter, read_roost_metadata
+
+    synth = _synth(difficulty={"quantile": 0.5, "subsets": subsets})
+    writer = DatasetWriter(tmp_path / "out", PAIRS, num_shards=3)
+    for s in range(3):
+        rows = []
+        for i in range(s * 9, s * 9 + 9):  # gaps 0.5 .. 27 (distinct, so the median splits 13 / 14)
+            group, rewards = _group(("good", 5, True, float(i + 1)), ("bad", 5, True, 0.5))
+            prompt = [{"role": "user", "content": f"Q{i}?"}]
+            made, _ = synth._pairs(f"p{i}", prompt, group, rewards, random.Random(i), SHARD)
+            rows += made
+        assert all(r["difficulty"] is None for r in rows)  # undecided while the shards are written
+        writer.write_shard(s, rows, [], {"synthesizer": "reward_pairs", "shard": s})
+    d = synth.finish(writer)["difficulty"]
+    rows = _read(writer.root)
+    assert len(rows) == 27 and d["quantile"] == 0.5 and d["easy"] + d["hard"] == 27
+    assert [r["difficulty"] for r in rows].count("easy") == d["easy"] == 14
+    assert [r["difficulty"] for r in rows].count("hard") == d["hard"] == 13
+    assert all((r["score_gap"] >= d["threshold"]) == (r["difficulty"] == "easy") for r in rows)
+    for s in range(3):  # still the same shard: provenance and stats in its metadata
+        meta = read_roost_metadata(writer.data_path(s))
+        assert meta["provenance"]["shard"] == s and meta["shard"]["rows"] == 9
+        assert pq.read_schema(writer.data_path(s)).field("difficulty").type == pa.string()
+    assert (writer.root / "easy").is_dir() == subsets and (("subsets" in d) == subsets)
+    if subsets:
+        assert len(_read(writer.root, "easy")) == 14 and len(_read(writer.root, "hard")) == 13
+    mtimes = [writer.data_path(s).stat().st_mtime_ns for s in range(3)]
+    assert synth.finish(writer)["difficulty"] == d
+    assert [writer.data_path(s).stat().st_mtime_ns for s in range(3)] == mtimes  # labels right: nothing rewritten
+
+
 # -- end to end ------------------------------------------------------------------------------
 
 
@@ -157,6 +193,9 @@ def test_pairs_build_end_to_end_through_the_cli(tmp_path, prompt_file, chatml_en
     assert len(easy) == d["easy"] and len(hard) == d["hard"]
     assert all(r["score_gap"] >= d["threshold"] and r["difficulty"] == "easy" for r in easy)
     assert all(r["score_gap"] < d["threshold"] and r["difficulty"] == "hard" for r in hard)
+    # ...and data/ carries the same labels: the manifest's counts are the rows'
+    assert [r["difficulty"] for r in rows].count("easy") == d["easy"]
+    assert [r["difficulty"] for r in rows].count("hard") == d["hard"]
 
     import datasets
 

@@ -2,6 +2,9 @@
 classes: `DatasetCardData` for the YAML header (configs, license, language, task, size, tags)
 and `DatasetCard.from_template` with `templates/dataset_card.md` for the body.
 
+No absolute path of the machine that made the data: local paths are written as
+roost.portable records them.
+
 Deterministic: everything comes from the output's own files (manifests, Parquet shards, the
 report's figures), never from the clock, so publishing the same output twice gives the same
 bytes and the Hub sees nothing to commit.
@@ -77,29 +80,89 @@ def _row_methods(part: Part) -> list[str]:
     return ["magpie"] if "pre_query_template" in part.columns else []
 
 
+_TEXT_COLUMNS = ("messages", "conversations", "prompt", "chosen", "rejected", "instruction", "response", "input",
+                 "output", "question", "problem", "answer", "solution", "text", "completions")
+LANGUAGE_SAMPLE = 1000  # rows read for the language, spread over the shards
+
+
 def languages(source: Source) -> list[str]:
-    """ISO 639 codes recorded on the rows (Magpie's `language`), else the recipe's, else en."""
-    found: set[str] = set()
+    """ISO 639-1 codes of the languages the rows are written in, detected from their text
+    (roost.languages: by script, Latin by common words; each language of >= 10% of a sample of
+    rows). Rows without letters fall back to the languages recorded on them (Magpie's
+    `language`), else the recipe's, else en."""
+    from roost.languages import detect
+
     part = source.default
+    found = detect(row_texts(part, LANGUAGE_SAMPLE))
+    if found:
+        return found
+    recorded: set[str] = set()
     if "language" in part.columns:
         for f in part.files:
-            found.update(v for v in pq.read_table(f, columns=["language"]).column("language").to_pylist() if v)
+            recorded.update(v for v in pq.read_table(f, columns=["language"]).column("language").to_pylist() if v)
     synth = (source.recipe.get("synthesizer") or {}) if isinstance(source.recipe, dict) else {}
-    if not found and synth.get("language"):
-        found.add(synth["language"])
-    codes = sorted(v.lower() for v in found if re.fullmatch(r"[A-Za-z]{2,3}", v))
+    if not recorded and synth.get("language"):
+        recorded.add(synth["language"])
+    codes = sorted(v.lower() for v in recorded if re.fullmatch(r"[A-Za-z]{2,3}", v))
     return codes or ["en"]
+
+
+def row_texts(part: Part, limit: int) -> list[str]:
+    """One text per row (its messages' contents, system turns left out) for up to `limit` rows,
+    taken from the start of every shard in turn (deterministic: the same files give the same
+    sample)."""
+    columns = [c for c in _TEXT_COLUMNS if c in part.columns]
+    if not columns or not part.files:
+        return []
+    per_file = max(1, -(-limit // len(part.files)))
+    texts: list[str] = []
+    for f in part.files:
+        if len(texts) >= limit:
+            break
+        pf = pq.ParquetFile(f)
+        batch = next(pf.iter_batches(batch_size=min(per_file, limit - len(texts)), columns=columns), None)
+        if batch is None:
+            continue
+        for row in batch.to_pylist():
+            pieces: list[str] = []
+            for c in columns:
+                _strings(row.get(c), pieces)
+            texts.append("\n".join(pieces))
+    return texts
+
+
+def _strings(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, list):
+        for v in value:
+            _strings(v, out)
+    elif isinstance(value, dict):
+        if value.get("role") == "system" or value.get("from") == "system":
+            return
+        for key in ("content", "value", "text"):
+            if isinstance(value.get(key), str):
+                out.append(value[key])
 
 
 def models(source: Source) -> list[dict[str, str]]:
     """Every model the manifest(s) record with its revision: policy, reward model, judge,
     deita scorers, embedding model (roles named by where they sit in the manifest; one row
-    per model and revision)."""
+    per model and revision), and for a curated output the models that made its input."""
+    from roost.lineage import generator, manifest_models
+
     found: list[dict[str, str]] = []
     manifests = source.iterations or [source.manifest]
     for t, m in enumerate(manifests):
-        prefix = f"iteration {t}: " if source.iterations else ""
-        _walk(m, (), found, prefix)
+        found += manifest_models(m, f"iteration {t}: " if source.iterations else "")
+    if source.kind == "curated":
+        made, curations = generator(input_provenance(source))
+        for i, step in enumerate(curations):  # a curation of a curation: its models too
+            prefix = "input's " if i == 0 else f"input's input ({i + 1} curations back): "
+            found += [{**e, "role": prefix + e["role"]} for e in step.get("models") or []]
+        if made is not None:
+            prefix = "input: " if not curations else "original input: "
+            found += [{**e, "role": prefix + e["role"]} for e in made.get("models") or []]
     merged: dict[tuple[str, str], list[str]] = {}
     for entry in found:
         roles = merged.setdefault((entry["model"], entry["revision"]), [])
@@ -109,31 +172,21 @@ def models(source: Source) -> list[dict[str, str]]:
             for (model, revision), roles in merged.items()]
 
 
-_ROLE_NAMES = {"": "policy", "reward_model": "reward model", "preference": "preference model / judge",
-               "embedding": "embedding model"}
+def input_provenance(source: Source) -> dict[str, Any] | None:
+    """What made a curated output's input: recorded in its manifest (`input_provenance`), or,
+    for an output curated before roost recorded it, read from the input if it is still there."""
+    from roost.lineage import input_provenance as read
+    from roost.portable import portable
 
-
-def _walk(value: Any, path: tuple, found: list, prefix: str) -> None:
-    if isinstance(value, dict):
-        if path[:1] == ("recipe",) or (path and path[-1] == "engine"):
-            return  # the recipe asks; the rest of the manifest records what was resolved
-        model = value.get("model")
-        if isinstance(model, str) and ("revision" in value or (path and path[-1] == "embedding")):
-            found.append({"role": prefix + _role(path), "model": model, "revision": str(value.get("revision") or "-")})
-        for k, v in value.items():
-            _walk(v, path + (k,), found, prefix)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            label = v.get("name") if isinstance(v, dict) and isinstance(v.get("name"), str) else i
-            _walk(v, path + (label,), found, prefix)
-
-
-def _role(path: tuple) -> str:
-    keys = [str(p) for p in path if p != "settings"]
-    if keys[:1] == ["stages"] and len(keys) >= 3:
-        return f"{keys[1]} stage: {' '.join(k.replace('_', ' ') for k in keys[2:])}"
-    name = "/".join(keys)
-    return _ROLE_NAMES.get(name, name.replace("_", " "))
+    m = source.manifest
+    if m.get("input_provenance") or source.kind != "curated":
+        return m.get("input_provenance")
+    given = (m.get("input") or {}).get("path") if isinstance(m.get("input"), dict) else None
+    if not isinstance(given, str):
+        return None
+    out = source.out.resolve()
+    found = read(given, bases=(out, *out.parents))
+    return portable(found, source.out) if found else None
 
 
 def facts(source: Source) -> list[str]:
@@ -151,6 +204,7 @@ def facts(source: Source) -> list[str]:
                    f"`{inp.get('path')}`), recipe `{recipe_name}` (hash `{m.get('recipe_hash')}`), finished "
                    f"{m.get('created_at')}.")
         out.append(f"Stages: {stages}; {m.get('rows')} rows kept, {m.get('rejects')} removed.")
+        out += _input_facts(input_provenance(source))
     else:
         steps = len(source.iterations)
         out.append(f"`roost iterate`: {steps} rounds of build (with the `{m.get('synthesizer')}` synthesizer) then "
@@ -158,6 +212,30 @@ def facts(source: Source) -> list[str]:
     out.append(f"roost version {m.get('roost_version')}; the recipe is `roost_recipe.yaml`, everything roost "
                "recorded is in " + ("`iterations.json` and `iter-<t>/manifest.json`." if source.iterations
                                     else "`manifest.json`."))
+    return out
+
+
+def _input_facts(provenance: dict[str, Any] | None) -> list[str]:
+    """What made a curated output's input: the build at the start of the chain (synthesizer,
+    recipe, policy and revision), and the curations between."""
+    from roost.lineage import generator
+
+    made, curations = generator(provenance)
+    out = []
+    for i, step in enumerate(curations):
+        recipe = step.get("recipe") or {}
+        whose = "Its input" if i == 0 else "That input's input"
+        out.append(f"{whose} was itself a `roost curate` output: recipe `{recipe.get('name')}` (hash "
+                   f"`{recipe.get('hash')}`), stages {' → '.join(step.get('stages') or []) or '?'}, "
+                   f"{step.get('rows')} rows.")
+    if made is not None:
+        recipe = made.get("recipe") or {}
+        whose = "The rows it curated were" if not curations else "Those rows were first"
+        out.append(f"{whose} made by `roost build` with the `{made.get('synthesizer')}` synthesizer, recipe "
+                   f"`{recipe.get('name')}` (hash `{recipe.get('hash')}`), policy `{made.get('model')}` (revision "
+                   f"`{made.get('revision') or '-'}`), seed {made.get('seed')}, roost version {made.get('roost_version')}.")
+    elif provenance is None:
+        out.append("Its input is not a roost output (or is no longer where it was): what made it is not recorded.")
     return out
 
 
@@ -181,8 +259,11 @@ def config_rows(source: Source) -> list[dict[str, Any]]:
     return rows
 
 
-def examples(part: Part, n: int = 3) -> list[str]:
-    """The first n rows of `part` as fenced JSON blocks (long strings cut)."""
+def examples(part: Part, n: int = 3, out: Path | None = None) -> list[str]:
+    """The first n rows of `part` as fenced JSON blocks (long strings cut; a value that is a
+    local path, such as a row's `model`, as roost.portable records it)."""
+    from roost.portable import portable
+
     rows: list[dict] = []
     for f in part.files:
         if len(rows) >= n:
@@ -190,7 +271,7 @@ def examples(part: Part, n: int = 3) -> list[str]:
         rows += pq.read_table(f).slice(0, n - len(rows)).to_pylist()
     blocks = []
     for row in rows:
-        text = json.dumps(_cut(row), indent=2, ensure_ascii=False, default=str)
+        text = json.dumps(_cut(portable(row, out)), indent=2, ensure_ascii=False, default=str)
         fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
         blocks.append(f"{fence}json\n{text}\n{fence}")
     return blocks
@@ -244,6 +325,8 @@ def render(source: Source, repo_id: str, *, license: str | None, report_markdown
     """The DatasetCard (call `.save(path)`)."""
     from huggingface_hub import DatasetCard
 
+    from roost.portable import portable, portable_text
+
     license = license or (source.recipe or {}).get("license") or DEFAULT_LICENSE
     data = card_data(source, license)
     intro, snippet = trainer_snippet(source)
@@ -254,17 +337,18 @@ def render(source: Source, repo_id: str, *, license: str | None, report_markdown
     its = []
     if source.iterations:
         steps = json.loads((source.out / "iterations.json").read_text()).get("iterations") or []
-        its = [{"iteration": s.get("iteration"), "model": s.get("model"), "rows": s.get("rows"),
-                "output": s.get("output")} for s in steps]
+        its = portable([{"iteration": s.get("iteration"), "model": s.get("model"), "rows": s.get("rows"),
+                         "output": s.get("output")} for s in steps], source.out)
     sampling = m.get("sampling")
     card = DatasetCard.from_template(
         data, template_path=str(TEMPLATE),
         title=data.pretty_name, summary=summary, roost_version=m.get("roost_version"),
         config_rows=config_rows(source), split=source.split,
         default_columns=", ".join(f"`{c}`" for c in source.default.columns),
-        facts=facts(source), models=models(source),
+        facts=[portable_text(f, source.out) for f in facts(source)], models=portable(models(source), source.out),
         sampling=json.dumps(sampling, indent=2, ensure_ascii=False) if sampling else None,
-        iterations=its, report=report_markdown.strip(), examples=examples(source.default), truncate=TRUNCATE,
+        iterations=its, report=portable_text(report_markdown.strip(), source.out),
+        examples=examples(source.default, out=source.out), truncate=TRUNCATE,
         repo_id=repo_id, trainer_intro=intro, trainer_snippet=snippet,
         license_note=None if license != DEFAULT_LICENSE else "no license was given (`roost publish --license`).",
     )

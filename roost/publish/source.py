@@ -12,7 +12,8 @@ Every output maps onto the Hub's layout the same way:
 
 An `roost iterate` OUT publishes every iteration: `iter-<t>/data/` (config `iter-<t>`),
 its subsets and rejects (`iter-<t>-<name>`), its manifest (`iter-<t>/manifest.json`), and
-`iterations.json`; `default` is the last iteration's data. A config whose files hold no rows
+`iterations.json`; `default` is the last iteration's data. Manifests are read as roost.portable
+records them (an output written by an older roost may hold absolute paths; the staged copy does not). A config whose files hold no rows
 (e.g. a build with no rejects) is left out: `datasets` cannot load an empty config.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from roost.errors import InputError
+from roost.portable import portable
 
 
 class NotARoostOutput(InputError):
@@ -95,7 +97,7 @@ def _manifest(root: Path) -> dict[str, Any]:
     if manifest.get("status") != "complete":
         raise NotARoostOutput(f"{root}: its run is not complete (manifest status {manifest.get('status')!r}); "
                               "finish it (re-run resumes) before publishing")
-    return manifest
+    return portable(manifest, root)  # an output written before roost made its paths portable
 
 
 def _build_parts(root: Path, manifest: dict, split: str, *, names: str = "", dirs: str = "") -> list[Part]:
@@ -170,6 +172,6 @@ def _read_loop(out: Path) -> Source:
     last = f"iter-{steps[-1]['iteration']}"
     main = next(p for p in parts if p.name == last)
     default = Part("default", main.dest, main.files, main.rows, main.columns, "data")
-    return Source(out, "iterate", manifests[-1], loop.get("recipe") or {}, split, [default, *parts], files,
+    return Source(out, "iterate", manifests[-1], portable(loop.get("recipe") or {}, out), split, [default, *parts], files,
                   iterations=manifests)
 

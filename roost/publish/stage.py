@@ -1,13 +1,14 @@
 """Stage the folder that is uploaded: one function, used by `--dry-run DIR` and by the upload.
 
-The Parquet shards and manifests are hard links to OUT's files (copies across file systems);
+The Parquet shards and manifests are hard links to OUT's files (copies across file systems; a
+manifest that still holds an absolute path is a copy with it made portable, roost.portable);
 nothing in OUT is written. The card, the recipe as YAML and the report's figures are new files.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def stage(source: Source, dest: str | Path, *, repo_id: str, license: str | None
     dest = Path(dest)
     _check_dest(source.out, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}"
+    tmp.mkdir(mode=0o777)  # the umask's mode, as any new folder (tempfile.mkdtemp's would be 0700)
     try:
         linked = _write(source, tmp, repo_id=repo_id, license=license)
         if dest.exists():
@@ -81,7 +83,7 @@ def _write(source: Source, root: Path, *, repo_id: str, license: str | None) -> 
         for f in part.files:
             linked += _link(f, root / part.dest / f.name)
     for src, path in source.files:
-        linked += _link(src, root / path)
+        linked += _stage_json(src, root / path) if src.suffix == ".json" else _link(src, root / path)
     (root / RECIPE_FILE).write_text(yaml.safe_dump(source.recipe, sort_keys=False, allow_unicode=True))
 
     summary = summarize(source.out.resolve())  # the same card from any working directory
@@ -94,6 +96,26 @@ def _write(source: Source, root: Path, *, repo_id: str, license: str | None) -> 
     report = card_markdown(summary, paths)
     render(source, repo_id, license=license, report_markdown=report).save(root / "README.md")
     return linked
+
+
+def _stage_json(src: Path, dst: Path) -> int:
+    """A manifest (or iterations.json) as roost.portable records it: hard-linked when it already
+    is (1), else a copy with its absolute paths made portable (0): an output written by an
+    older roost, or the training commands and model paths of an iterate loop."""
+    import json
+
+    from roost.portable import portable
+
+    try:
+        data = json.loads(src.read_text())
+    except (OSError, ValueError):
+        return _link(src, dst)
+    clean = portable(data, src.parent)
+    if clean == data:
+        return _link(src, dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(clean, indent=2, ensure_ascii=False, default=str) + "\n")
+    return 0
 
 
 def _link(src: Path, dst: Path) -> int:

@@ -155,13 +155,17 @@ def _thresholds(output: Output, wide: dict[str, Any]) -> tuple[dict[str, float],
             values["semantic_dedup"] = float(threshold)
             notes["semantic_dedup"] = "semantic dedup threshold (manifest)"
     cut = (manifest.get("difficulty") or {}).get("threshold")
-    source = _input_manifest(output)
+    recorded = ((manifest.get("input_provenance") or {}).get("difficulty") or {}).get("threshold")
+    source = _input_manifest(output) if recorded is None else None
     if isinstance(cut, (int, float)):
         values["difficulty"] = float(cut)
         notes["difficulty"] = "easy/hard cut (manifest: score_gap >= cut is easy)"
+    elif isinstance(recorded, (int, float)):
+        values["difficulty"] = float(recorded)  # curated pairs: the cut their build drew, as the curation recorded it
+        notes["difficulty"] = "easy/hard cut (the input's build, manifest input_provenance)"
     elif isinstance(cut := (source[1].get("difficulty") or {}).get("threshold") if source else None, (int, float)):
         values["difficulty"] = float(cut)  # curated pairs: the cut their build drew
-        notes["difficulty"] = f"easy/hard cut (manifest of the input, {source[0]})"
+        notes["difficulty"] = f"easy/hard cut (manifest of the input, {(manifest.get('input') or {}).get('path')})"
     elif wide.get("easy_min_gap") is not None:  # e.g. curated pairs: the cut is where easy rows start
         values["difficulty"] = float(wide["easy_min_gap"])
         notes["difficulty"] = "easy/hard cut (smallest gap of the easy rows)"
@@ -176,7 +180,7 @@ def _input_manifest(output: Output) -> tuple[Path, dict[str, Any]] | None:
     given = source.get("path") if isinstance(source, dict) else None
     if not isinstance(given, str) or "://" in given:
         return None
-    for base in (Path.cwd(), *output.root.resolve().parents):
+    for base in (Path.cwd(), output.root.resolve(), *output.root.resolve().parents):  # roost.portable: ../x
         folder = base / given
         if (folder / "manifest.json").is_file() and folder.resolve() != output.root.resolve():
             try:

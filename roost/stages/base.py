@@ -13,10 +13,11 @@ decorated with `@STAGES.register`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import numpy as np
 import pyarrow as pa
+from pydantic import model_validator
 
 from roost.config import Strict, canonical
 from roost.filters.base import Drop
@@ -31,6 +32,16 @@ __all__ = ["Annotation", "Annotator", "Digest", "Drop", "Embedding", "RowFilter"
 
 class StageConfig(Strict):
     kind: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_kind(cls, data: Any) -> Any:
+        """`SemanticDedupConfig(threshold=0.9)` in Python: a stage's own config knows its kind (a
+        recipe's stages, validated as a union, still name theirs)."""
+        own = get_args(cls.model_fields["kind"].annotation)
+        if isinstance(data, dict) and "kind" not in data and len(own) == 1:
+            return {"kind": own[0], **data}
+        return data
 
     def as_fingerprinted(self, recipe: Any) -> "StageConfig":
         """This config as the recipe fingerprint sees it: a stage whose default depends on the

@@ -55,7 +55,7 @@ PAIRS = PREFERENCE_ROWS.extend([
     pa.field("chosen_score", pa.float64()),  # reward of the chosen response
     pa.field("rejected_score", pa.float64()),
     pa.field("score_gap", pa.float64()),  # gap in ranking score (reward - length_penalty * tokens)
-    pa.field("difficulty", pa.string()),  # easy / hard by score_gap (null: decided at the end, see manifest)
+    pa.field("difficulty", pa.string()),  # easy / hard by score_gap (a quantile cut: labelled at the build's end)
     pa.field("chosen_tokens", pa.int64()),
     pa.field("rejected_tokens", pa.int64()),
     pa.field("all_scores", pa.list_(pa.float64())),  # every response's reward, null if not scored
@@ -307,7 +307,12 @@ class RewardPairs(PromptedSynthesizer):
         return self._rev
 
     def finish(self, writer) -> dict[str, Any]:
-        """The easy/hard cut over the whole build, and the subsets when asked."""
+        """The easy/hard cut over the whole build, and the subsets when asked.
+
+        With `quantile` the cut is known only now, so the rows of `data/` were written with a
+        null `difficulty`: each shard whose labels differ from the cut's is rewritten with them
+        (whole, renamed into place, its Parquet metadata kept), so `data/` says what the
+        manifest counts. Idempotent: a re-run finds the labels right and rewrites nothing."""
         import numpy as np
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -324,14 +329,20 @@ class RewardPairs(PromptedSynthesizer):
                "quantile": None if cfg.threshold is not None else cfg.quantile,
                "easy": int((gaps >= threshold).sum()) if threshold is not None else 0,
                "hard": int((gaps < threshold).sum()) if threshold is not None else 0}
-        if cfg.subsets and threshold is not None:
-            for i, path in enumerate(paths):
-                table = pq.read_table(path)
-                easy = pc.greater_equal(table.column("score_gap"), threshold)
-                label = pa.array(np.where(easy.to_numpy(zero_copy_only=False), "easy", "hard"), pa.string())
-                table = table.set_column(table.schema.get_field_index("difficulty"), "difficulty", label)
+        if threshold is None:
+            return {"difficulty": out}
+        for i, path in enumerate(paths):
+            table = pq.read_table(path)
+            easy = pc.fill_null(pc.greater_equal(table.column("score_gap"), threshold), False)
+            label = pa.array(np.where(easy.to_numpy(zero_copy_only=False), "easy", "hard"), pa.string())
+            column = table.schema.get_field_index("difficulty")
+            if table.column(column).to_pylist() != label.to_pylist():
+                table = table.set_column(column, table.schema.field(column), label)
+                atomic_write_table(path, table)  # the schema's metadata (provenance, shard stats) goes along
+            if cfg.subsets:
                 for name, mask in (("easy", easy), ("hard", pc.invert(easy))):
-                    atomic_write_table(writer.root / name / writer.data_path(i).name, table.filter(mask))
+                    atomic_write_table(writer.root / name / path.name, table.filter(mask))
+        if cfg.subsets:
             out["subsets"] = {name: f"{name}/{writer.split}-*.parquet" for name in ("easy", "hard")}
         return {"difficulty": out}
 
