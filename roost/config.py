@@ -123,9 +123,15 @@ class DatasetInput(Strict):
 
     def shape(self, schema):
         """The input's roost.rows.Shape: what its rows are and the columns they are read from."""
+        from roost.errors import InputError
         from roost.rows import detect
 
-        return detect(schema, self.format, self.columns)
+        try:
+            return detect(schema, self.format, self.columns)
+        except InputError as e:  # the one line names the file
+            if str(e).startswith(str(self.path)):
+                raise
+            raise type(e)(f"{self.path}: {e}") from None
 
     def open(self):
         """The input as a roost.sources.Source."""

@@ -235,3 +235,39 @@ def test_eval_from_python_is_the_command_s_eval(tmp_path, tiny_chatml_path, chat
     assert result.metrics == cli_summary["metrics"] and result.summary["recipe_hash"] == cli_summary["recipe_hash"]
     assert len(result.outcomes()) == result.metrics["problems"] == 3
     assert "greedy_accuracy" in repr(result) and roost.EvalResult.load(tmp_path / "cli").metrics == result.metrics
+
+
+# -- a plain script --------------------------------------------------------------------------------
+
+SCRIPT = '''
+import json, sys
+import roost
+
+if __name__ == "__main__":  # vLLM spawns its engine process: a script guards its main
+    recipe, out = sys.argv[1], sys.argv[2]
+    built = roost.build(recipe, out=out + "/built")
+    curated = roost.curate(built.out, out=out + "/curated", stages=["heuristics", "exact_dedup"])
+    print(json.dumps({"built": built.rows, "curated": curated.rows, "counts": curated.counts,
+                      "ids": list(curated.dataset()["id"])}))
+'''
+
+
+def test_a_plain_script_builds_and_curates_as_the_commands_do(tmp_path, recipe, chatml_engine):
+    script = tmp_path / "make_data.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(recipe), str(tmp_path / "script")], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+
+    cli = tmp_path / "cli"
+    code, output = _cli("build", recipe, "--out", cli / "built")
+    assert code == 0, output[-3000:]
+    code, output = _cli("curate", cli / "built", "--out", cli / "curated", "--no-semantic")
+    assert code == 0, output[-3000:]
+    for part in ("built/data", "built/rejects", "curated/data", "curated/rejects"):
+        assert _rows(tmp_path / "script" / part) == _rows(cli / part), part
+    curated = roost.Result.load(cli / "curated")
+    assert said["built"] == roost.Result.load(cli / "built").rows > 0
+    assert said["curated"] == curated.rows and said["counts"] == curated.counts
+    assert said["ids"] == [r["id"] for rows in _rows(cli / "curated" / "data").values() for r in rows]

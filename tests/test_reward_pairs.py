@@ -246,7 +246,7 @@ def test_pairs_bad_input_is_one_line_exit_2(tmp_path, prompt_file, tiny_chatml_p
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.Table.from_pylist([], schema=pa.schema([pa.field("messages", MESSAGES)])), empty)
     cases = [
-        (({"path": str(no_column)},), {}, "no 'messages' column"),
+        (({"path": str(no_column)},), {}, f"{no_column}: cannot tell what the rows are (columns: text)"),
         (({"path": str(empty)},), {}, "no rows"),
         (({"path": str(tmp_path / "missing")},), {}, "no such file"),
         (({"path": str(prompt_file)},), {"k": 1}, "synthesizer.k"),
