@@ -197,6 +197,10 @@ def _pairs_recipe(tmp_path, model_path, reward_path) -> Path:
     return path
 
 
+def _rows_but_difficulty(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "difficulty"} for r in pq.read_table(path).to_pylist()]
+
+
 @pytest.mark.parametrize("kind", ["magpie", "reward_pairs", "step_dpo"])
 def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chatml_path, tiny_rm_chatml_path, kind,
                                                              request):
@@ -220,6 +224,7 @@ def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chat
     done_before = sorted(p.name for p in (out / "data").glob("*.parquet"))
     assert len(done_before) < 6, "killed too late to test resuming"
     mtimes = {f: (out / "data" / f).stat().st_mtime_ns for f in done_before}
+    before = {f: _rows_but_difficulty(out / "data" / f) for f in done_before}
     # no half-written file is visible where readers look
     assert all(not p.name.startswith(".") for p in (out / "data").iterdir())
 
@@ -230,7 +235,14 @@ def test_killed_build_resumes_without_redoing_or_duplicating(tmp_path, tiny_chat
     assert "vllm" in (out / "logs" / "roost.log").read_text()
     assert f"skipped {len(done_before)} finished shard(s)" in result.stdout
     assert len(list((out / "data").glob("*.parquet"))) == 6
-    assert {f: (out / "data" / f).stat().st_mtime_ns for f in done_before} == mtimes
+    if kind == "reward_pairs":
+        # the build's end labels every row easy/hard by the quantile cut of all its pairs: finished
+        # shards get that label written in (atomically), their rows otherwise as they were
+        assert {f: _rows_but_difficulty(out / "data" / f) for f in done_before} == before
+        labels = [r["difficulty"] for f in (out / "data").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+        assert labels and set(labels) <= {"easy", "hard"}
+    else:
+        assert {f: (out / "data" / f).stat().st_mtime_ns for f in done_before} == mtimes
     ids = _all_ids(out)
     assert len(ids) == len(set(ids))
     manifest = json.loads((out / "manifest.json").read_text())
