@@ -168,7 +168,13 @@ def _read_table(path: str) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
         if isinstance(e, SourceError):
             raise
-        raise SourceError(f"{path}: cannot read it as {_file_kind(path).upper()} ({_why(e)})") from None
+        raise SourceError(f"{path}: not valid {_format_name(path)} ({_why(e)})") from None
+
+
+def _format_name(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    return {".jsonl": "JSON Lines", ".ndjson": "JSON Lines", ".json": "JSON", ".csv": "CSV", ".tsv": "TSV"}.get(
+        suffix, _file_kind(path).upper())
 
 
 def _read_csv(path: str) -> pa.Table:

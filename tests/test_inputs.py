@@ -114,7 +114,7 @@ def test_format_and_columns_override_and_their_errors(tmp_path):
         "format": "pair", "columns": {"prompt": "q", "response": "a"}}
     assert len(_read(out)) == 6
     result, _ = _curate(tmp_path, src, "input: {columns: {prompt: question}}\n" + STAGES, name="o3")
-    assert _one_line_error(result) == "error: input.columns.prompt: no column 'question' (columns: q, a)"
+    assert _one_line_error(result) == f"error: {src}: input.columns.prompt: no column 'question' (columns: q, a)"
 
 
 def test_mostly_bad_input_stops_naming_the_first_bad_row(tmp_path):

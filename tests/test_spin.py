@@ -113,7 +113,7 @@ def test_spin_bad_input_is_one_line_exit_2(tmp_path, tiny_chatml_path):
     prompts_only = tmp_path / "prompts.parquet"
     pq.write_table(pa.Table.from_pylist([{"prompt": "What is a list?"}]), prompts_only)
     code, lines = run(prompts_only)
-    assert code == 2 and len(lines) == 1 and "no 'messages' column" in lines[0], lines
+    assert code == 2 and len(lines) == 1 and "no gold answers" in lines[0], lines
     no_gold = write_sft(tmp_path / "nogold.parquet", [{"messages": _msgs(("user", "a question"))}] * 3)
     code, lines = run(no_gold)
     assert code == 2 and len(lines) == 1 and "no gold answers" in lines[0], lines

@@ -463,7 +463,7 @@ def run_open_ended(recipe, out: str | Path, *, say: Callable[[str], None] = lamb
         reference = ({"kind": "model", "model": cfg.reference.model.model, "engine": engines["reference"].describe()}
                      if "reference" in engines else old.get("reference"))
     section = {
-        "prompts": {"path": cfg.prompts.path, "rows": [0, stop], "total_rows": source.total, "form": source.form},
+        "prompts": {"path": cfg.prompts.path, "rows": [0, stop], "total_rows": source.total, "read_as": source.shape.line()},
         "reference": reference,
         "judge": judge.describe() if "judge" in engines else old.get("judge"),
         "sampling": {**cfg.sampling.model_dump(), "seed": recipe.seed},
