@@ -210,12 +210,23 @@ def test_ctrl_c_stops_a_curation_and_it_resumes_to_the_same_output(tmp_path):
     recipe.write_text(json.dumps({"stages": [{"kind": "heuristics"}, {"kind": "exact_dedup"},
                                              {"kind": "semantic_dedup"}]}))
     env = tagged_env(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    # An uninterrupted run first: its stages' length sets when the stopped run is stopped (a
+    # fixed wait let a fast machine finish the curation before its Ctrl-C arrived).
+    fresh = tmp_path / "fresh"
+    run = _start(env, "curate", path, "--out", fresh, "--recipe", recipe)
+    _wait(lambda: (fresh / "manifest.json").exists(), 300, "the fresh curation's manifest", run)
+    t0 = time.monotonic()
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
+    stages_seconds = time.monotonic() - t0
+
     out = tmp_path / "out"
     run = _start(env, "curate", path, "--out", out, "--recipe", recipe)
-    _wait(lambda: (out / ".cache").exists(), 300, "the curation's cache", run)  # its stages have begun
-    time.sleep(random.uniform(0, 1))
+    _wait(lambda: (out / "manifest.json").exists(), 300, "the curation's manifest", run)
+    time.sleep(random.uniform(0.2, 0.7) * stages_seconds)  # a random moment of its stages
     code, err, seconds = _stop(run, signal.SIGINT)
-    assert code == 130 and seconds < STOP_SECONDS, (code, seconds, err[-3000:])
+    assert code == 130, (f"stages take {stages_seconds:.1f} s", code, err[-3000:])
+    assert seconds < STOP_SECONDS, (code, seconds, err[-3000:])
     lines = [line for line in err.splitlines() if line.strip()]
     m = re.fullmatch(r"stopped: (\d) of 3 stages finished; run the same command to resume", lines[-1])
     assert m, err
@@ -227,12 +238,9 @@ def test_ctrl_c_stops_a_curation_and_it_resumes_to_the_same_output(tmp_path):
     resumed = subprocess.run(roost("curate", path, "--out", out, "--recipe", recipe), env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    fresh = subprocess.run(roost("curate", path, "--out", tmp_path / "fresh", "--recipe", recipe), env=env,
-                           capture_output=True, text=True, timeout=600)
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
     for part in ("data", "rejects"):
         read = lambda o: [r for f in sorted((o / part).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]  # noqa: E731
-        assert read(out) == read(tmp_path / "fresh"), part
+        assert read(out) == read(fresh), part
 
 
 def test_ctrl_c_during_an_iterate_loops_training_ends_the_training_command_too(tmp_path, tiny_chatml_path):
