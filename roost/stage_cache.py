@@ -55,7 +55,6 @@ import re
 import shutil
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -64,9 +63,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from roost import __version__, stopping
+from roost import __version__
 from roost.config import canonical, file_digest
 from roost.stages.base import Digest, Embedding, SetDecision, SetStage, Stage
+from roost.writer import atomic_path
 
 CACHE_DIR = ".cache"
 PART_ROWS = 16_384  # embedding checkpoint: rows per part (~25 MB at 384 floats)
@@ -686,15 +686,6 @@ def _numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
-def _hidden(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -708,31 +699,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def _hidden_file(path: Path):
-    """A hidden temp path beside `path`, renamed onto it when the block ends (a stop waits for
-    the rename, roost.stopping.deferred; an error removes the temp file)."""
-    tmp = _hidden(path)
-    with stopping.deferred():
-        try:
-            yield tmp
-            _fsync(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    with _hidden_file(path) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 
 def _write_npy(path: Path, x: np.ndarray) -> None:
-    with _hidden_file(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(x))
 
 
 def _write_json(path: Path, data: Any) -> None:
-    with _hidden_file(path) as tmp, open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, default=str)
