@@ -7,10 +7,7 @@ from typing import Literal
 import numpy as np
 
 from roost.filters.exact_dedup import dedup_digests
-from roost.rows import VIEWS
-from roost.stages.base import STAGES, Digest, SetDecision, SetStage, StageConfig, Survivors
-
-View = Literal[("auto",) + VIEWS]  # type: ignore[valid-type]
+from roost.stages.base import STAGES, Digest, SetDecision, SetStage, StageConfig, Survivors, View
 
 
 class ExactDedupConfig(StageConfig):

@@ -30,8 +30,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from roost.config import throughput
 from roost.engines.config import EngineConfig
-from roost.stages.base import STAGES, Annotation, Annotator, Drop, StageConfig
-from roost.stages.tags import engine_config
+from roost.stages.base import STAGES, Annotation, Annotator, Drop, StageConfig, engine_config
 
 
 class JudgeConfig(StageConfig):
