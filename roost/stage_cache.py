@@ -73,9 +73,6 @@ PART_ROWS = 16_384  # embedding checkpoint: rows per part (~25 MB at 384 floats)
 _ORDER = ("version", "input", "model", "settings", "upstream")
 _WHY = {"version": "roost version changed", "input": "input changed", "model": "embedding model changed",
         "settings": "settings changed", "upstream": "upstream changed"}
-# stages that never call context.embedder(); any other stage is keyed by the embedding model too
-# (a stage class may also say so itself with a `uses_embedder` attribute)
-_NO_EMBEDDER = {"heuristics", "exact_dedup", "deita", "reward"}
 _PART = re.compile(r"part-(\d{12})-(\d{12})\.npy")
 _MAX_STAT_FILES = 10_000
 
@@ -148,12 +145,11 @@ def stage_identity(stage: Stage) -> dict[str, Any]:
 
 
 def uses_embedder(stage: Stage) -> bool:
-    flag = getattr(stage, "uses_embedder", None)
-    if flag is not None:
-        return bool(flag)
+    if stage.uses_embedder is not None:
+        return stage.uses_embedder
     if isinstance(stage, SetStage):
         return any(isinstance(f, Embedding) for f in stage.features())
-    return stage.kind not in _NO_EMBEDDER
+    return True
 
 
 def _path_stats(settings: Any) -> dict[str, Any]:

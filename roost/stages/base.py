@@ -77,10 +77,18 @@ class Embedding:
 class Stage:
     kind: ClassVar[str]
     Config: ClassVar[type[StageConfig]]
+    # Columns among `fields()` that are scores: a later selection ranks by the last one written.
+    score_columns: ClassVar[tuple[str, ...]] = ()
+    # Whether the stage's results depend on the embedding model (part of its cache key). None:
+    # a set stage uses it when it asks for an Embedding feature; any other stage is assumed to.
+    uses_embedder: ClassVar[bool | None] = None
 
     def __init__(self, config: StageConfig, context: Any):
         self.config = config
         self.context = context  # roost.curate.Context: row kind, embedder, earlier stages' columns
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, before any row is read (raise ConfigError)."""
 
     @property
     def name(self) -> str:

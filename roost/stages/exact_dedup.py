@@ -19,6 +19,7 @@ class ExactDedupConfig(StageConfig):
 class ExactDedup(SetStage):
     kind = "exact_dedup"
     Config = ExactDedupConfig
+    uses_embedder = False
 
     def features(self):
         return [Digest(self.view)]

@@ -93,6 +93,7 @@ class JudgeConfig(StageConfig):
 class Judge(Annotator):
     kind = "judge"
     Config = JudgeConfig
+    score_columns = ("judge_score", "chosen_judge_score", "judge_chosen_win")
 
     def __init__(self, config: JudgeConfig, context):
         super().__init__(config, context)

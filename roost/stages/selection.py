@@ -26,6 +26,9 @@ class Selection(SetStage):
     kind = "selection"
     Config = SelectionConfig
 
+    def check(self) -> None:
+        self.context.score_column(self, self.config.score)
+
     def features(self):
         return [Embedding(self.view)]
 
