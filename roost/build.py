@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from roost import __version__
+from roost.engines.base import on_release
 from roost.errors import OutputMismatch
 from roost.recipe import Recipe
 from roost.synthesizers.base import SYNTHESIZERS, Shard, Synthesizer
@@ -31,6 +32,9 @@ def _synthesizer(recipe_json: str) -> Synthesizer:
     # one synthesizer (and so one set of loaded engines) per recipe per process
     recipe = Recipe.model_validate_json(recipe_json)
     return SYNTHESIZERS.get(recipe.synthesizer.kind)(recipe.synthesizer, recipe)
+
+
+on_release(_synthesizer.cache_clear)  # roost.engines.release_all drops the synthesizers too: they reach the engines
 
 
 def plan(recipe: Recipe) -> list[Shard]:

@@ -45,8 +45,6 @@ from roost.stages.base import (
 from roost.writer import REJECT, DatasetWriter, Reject, ShardedOutput, base_manifest, read_manifest, shard_name, write_manifest
 from roost.schemas import RowSchema
 
-SCORE_COLUMNS = ("deita_score", "reward", "chosen_reward", "reward_margin", "judge_score", "chosen_judge_score",
-                 "judge_chosen_win")
 
 
 @dataclass
@@ -155,12 +153,13 @@ class Context:
         """The column a stage ranks by: `name`, or the last score written before it."""
         earlier = self.stages[: self.stages.index(stage)]
         written = [f.name for st in earlier for f in st.fields()]
-        if name == "input" or (name is None and not any(c in written for c in SCORE_COLUMNS) and self.has_priority):
+        scores = [c for st in earlier for c in st.score_columns if c in written]
+        if name == "input" or (name is None and not scores and self.has_priority):
             if not self.has_priority:
                 raise self.config_error(stage, "score 'input' needs input.score_column")
             return "input"
         if name is None:
-            found = [c for c in written if c in SCORE_COLUMNS]
+            found = [c for c in written if c in scores]
             if not found:
                 raise self.config_error(stage, "needs scores: put a deita, reward or judge stage before it, "
                                                "or set input.score_column")
@@ -186,8 +185,7 @@ class Curation:
         self.stages = [STAGES.get(c.kind)(c, self.context) for c in recipe.stages]
         self.context.stages = self.stages
         for stage in self.stages:
-            if isinstance(stage, SetStage) and stage.kind == "selection":
-                self.context.score_column(stage, stage.config.score)  # fail now, not after an hour
+            stage.check()  # fail now, not after an hour
         self.reports: list[StageReport] = []
         self.lead = 0  # the row filters that lead the list run in pass 1
         while self.lead < len(self.stages) and isinstance(self.stages[self.lead], RowFilter):

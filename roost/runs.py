@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from roost.writer import atomic_write_bytes
+
 HISTORY = "runs.json"
 LATEST = "latest"
 
@@ -36,7 +38,7 @@ def record(base: str | Path, run: Path, status: str, **facts: Any) -> dict[str, 
         entry = {"run": run.name, "path": str(run), "started_at": _now()}
         history.append(entry)
     entry.update(status=status, updated_at=_now(), **facts)
-    _write_atomic(Path(base) / HISTORY, json.dumps(history, indent=2, default=str) + "\n")
+    atomic_write_bytes(Path(base) / HISTORY, (json.dumps(history, indent=2, default=str) + "\n").encode())
     return entry
 
 
@@ -59,12 +61,6 @@ def mark_latest(base: str | Path, run: Path) -> Path:
 def latest(base: str | Path) -> Path | None:
     link = Path(base) / LATEST
     return link.resolve() if link.is_symlink() else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _now() -> str:

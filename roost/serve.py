@@ -23,7 +23,7 @@ from roost.errors import ConfigError, UserError
 SERVER_START_SECONDS = 120
 
 
-class ServerError(UserError):
+class PrefectServerError(UserError):
     """The Prefect server cannot be reached or started."""
 
 
@@ -104,9 +104,9 @@ def _wait_healthy(url: str, timeout: float, what: str, proc: subprocess.Popen | 
         except OSError:
             pass
         if proc is not None and proc.poll() is not None:
-            raise ServerError(f"{what} exited with code {proc.returncode} (see its log)")
+            raise PrefectServerError(f"{what} exited with code {proc.returncode} (see its log)")
         if time.monotonic() > deadline:
-            raise ServerError(f"{what} does not answer at {url}/health")
+            raise PrefectServerError(f"{what} does not answer at {url}/health")
         time.sleep(0.5)
 
 

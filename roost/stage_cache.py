@@ -55,7 +55,6 @@ import re
 import shutil
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -64,18 +63,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from roost import __version__, stopping
+from roost import __version__
 from roost.config import canonical, file_digest
 from roost.stages.base import Digest, Embedding, SetDecision, SetStage, Stage
+from roost.writer import atomic_path
 
 CACHE_DIR = ".cache"
 PART_ROWS = 16_384  # embedding checkpoint: rows per part (~25 MB at 384 floats)
 _ORDER = ("version", "input", "model", "settings", "upstream")
 _WHY = {"version": "roost version changed", "input": "input changed", "model": "embedding model changed",
         "settings": "settings changed", "upstream": "upstream changed"}
-# stages that never call context.embedder(); any other stage is keyed by the embedding model too
-# (a stage class may also say so itself with a `uses_embedder` attribute)
-_NO_EMBEDDER = {"heuristics", "exact_dedup", "deita", "reward"}
 _PART = re.compile(r"part-(\d{12})-(\d{12})\.npy")
 _MAX_STAT_FILES = 10_000
 
@@ -148,12 +145,11 @@ def stage_identity(stage: Stage) -> dict[str, Any]:
 
 
 def uses_embedder(stage: Stage) -> bool:
-    flag = getattr(stage, "uses_embedder", None)
-    if flag is not None:
-        return bool(flag)
+    if stage.uses_embedder is not None:
+        return stage.uses_embedder
     if isinstance(stage, SetStage):
         return any(isinstance(f, Embedding) for f in stage.features())
-    return stage.kind not in _NO_EMBEDDER
+    return True
 
 
 def _path_stats(settings: Any) -> dict[str, Any]:
@@ -686,15 +682,6 @@ def _numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
-def _hidden(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -708,31 +695,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def _hidden_file(path: Path):
-    """A hidden temp path beside `path`, renamed onto it when the block ends (a stop waits for
-    the rename, roost.stopping.deferred; an error removes the temp file)."""
-    tmp = _hidden(path)
-    with stopping.deferred():
-        try:
-            yield tmp
-            _fsync(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    with _hidden_file(path) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 
 def _write_npy(path: Path, x: np.ndarray) -> None:
-    with _hidden_file(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(x))
 
 
 def _write_json(path: Path, data: Any) -> None:
-    with _hidden_file(path) as tmp, open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, default=str)

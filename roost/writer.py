@@ -17,10 +17,11 @@ import json
 import os
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,23 +61,38 @@ class ShardStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """`data` as `path`: a hidden temp file beside it, fsync, rename into place. The file gets
-    the mode any new file gets (0666 less the umask: 0644 under umask 022), as the Parquet
-    shards beside it do; `tempfile.mkstemp` would make it 0600."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """The one way roost writes a file whole: the block writes the yielded hidden temp path
+    beside `path`; when it ends, the temp file is fsynced and renamed onto `path`. A stop
+    (roost.stopping.deferred) waits for the rename, an error removes the temp file, so
+    readers see the old file or the new one, never half of one. Use it for files written by
+    a library (`np.save`, `pq.write_table`); `atomic_write_bytes` for bytes in hand."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with stopping.deferred():  # a Ctrl-C now lands after the rename: never a temp file left
-        tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            yield tmp
+            fsync_file(tmp)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`data` as `path`, through `atomic_path`. The file gets the mode any new file gets (0666
+    less the umask: 0644 under umask 022), as the Parquet shards beside it do; `tempfile.mkstemp`
+    would make it 0600."""
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
@@ -114,8 +130,7 @@ class ShardSink:
     def close(self) -> None:
         with stopping.deferred():
             self._writer.close()
-            with open(self._tmp, "rb") as f:
-                os.fsync(f.fileno())
+            fsync_file(self._tmp)
             os.replace(self._tmp, self.path)
 
     def abort(self) -> None:

@@ -1,6 +1,6 @@
 """Engines: the one interface to a model (see base.Engine). Configs are plain data
 (config.py); the modules that import vLLM or torch load only when an engine is built."""
-from roost.engines.base import Completion, Engine, Generation, Sampling, render_chat
+from roost.engines.base import Completion, Engine, Generation, Sampling, release_registered, render_chat
 from roost.engines.config import EngineConfig, RewardModelConfig, ServerConfig, ensure_available
 
 
@@ -24,17 +24,7 @@ def release_all() -> None:
     import gc
     import sys
 
-    for module, attr in (("roost.engines.vllm_engine", "_ENGINES"), ("roost.engines.hf_scoring", "_SCORING_ENGINES"),
-                         ("roost.scorers.reward", "_BACKENDS"), ("roost.engines.server_engine", "_ENGINES")):
-        if module in sys.modules:
-            cache = getattr(sys.modules[module], attr)
-            for held in cache.values():
-                close = getattr(held, "close", None)
-                if close is not None:
-                    close()
-            cache.clear()
-    if "roost.build" in sys.modules:
-        sys.modules["roost.build"]._synthesizer.cache_clear()
+    release_registered()
     gc.collect()
     if "torch" in sys.modules:
         import torch

@@ -8,7 +8,7 @@ endpoint, or one living in a Ray actor, only has to implement these few methods.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 # Seconds an engine's processes get to end when it is closed (None: the engine library's own
 # default). A stopped run (roost.stopping) sets it low: nothing in flight is worth waiting for.
@@ -187,3 +187,34 @@ def generate_grouped(engine: Engine, prompts: Sequence[str], sampling: Sampling,
         for i, completion in zip(groups[prompt], gen.completions):
             out[i] = completion
     return out  # type: ignore[return-value]
+
+
+# -- what release_all drops ------------------------------------------------------------------
+
+_RELEASERS: list[Callable[[], None]] = []
+
+
+def holds(cache: dict) -> dict:
+    """Register a process-wide cache of loaded models (key -> engine or backend) with
+    `roost.engines.release_all`, which closes what it holds and empties it; returns `cache`."""
+
+    def release() -> None:
+        for held in list(cache.values()):
+            close = getattr(held, "close", None)
+            if close is not None:
+                close()
+        cache.clear()
+
+    _RELEASERS.append(release)
+    return cache
+
+
+def on_release(release: Callable[[], None]) -> Callable[[], None]:
+    """Register `release` (e.g. a cache of objects that reach models) to run on release_all."""
+    _RELEASERS.append(release)
+    return release
+
+
+def release_registered() -> None:
+    for release in list(_RELEASERS):
+        release()

@@ -41,6 +41,7 @@ import sys
 import threading
 from typing import Any, Iterator, Sequence
 
+from roost.engines.base import holds
 from roost.engines.config import EngineConfig
 
 DEFAULT_BATCH_SIZE = 16
@@ -397,7 +398,7 @@ class HFSequenceClassifier:
 # Measured (bench/bench_deita.py, module docstring): the faster backend for prefill-only scoring.
 AUTO_SCORING_BACKEND = {"cpu": "transformers", "cuda": "vllm"}
 
-_SCORING_ENGINES: dict[tuple, HFScoringEngine] = {}
+_SCORING_ENGINES: dict[tuple, HFScoringEngine] = holds({})
 _SCORING_LOCK = threading.Lock()
 
 

@@ -68,7 +68,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
-from roost.engines.base import Completion, Generation, Sampling, derive_seed, render_chat
+from roost.engines.base import Completion, Generation, Sampling, derive_seed, holds, render_chat
 from roost.engines.config import EngineConfig, RewardModelConfig, ServerConfig
 from roost.errors import ModelError
 
@@ -648,7 +648,7 @@ class ServerClassifier:
 
 # -- process-wide caches and early checks -----------------------------------------------------------
 
-_ENGINES: dict[tuple, ServerEngine] = {}
+_ENGINES: dict[tuple, ServerEngine] = holds({})
 _LOCK = threading.Lock()
 
 

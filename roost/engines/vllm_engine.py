@@ -91,7 +91,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
-from roost.engines.base import Completion, Generation, Sampling, derive_seed, render_chat
+from roost.engines.base import Completion, Generation, Sampling, derive_seed, holds, render_chat
 from roost.engines.config import EngineConfig
 
 # How a seeded call is made reproducible (recorded by `describe()`).
@@ -445,7 +445,7 @@ def shutdown(llm) -> None:
     llm.llm_engine.engine_core.shutdown(timeout=base.SHUTDOWN_GRACE)
 
 
-_ENGINES: dict[tuple, VLLMEngine] = {}
+_ENGINES: dict[tuple, VLLMEngine] = holds({})
 _ENGINES_LOCK = threading.Lock()
 
 

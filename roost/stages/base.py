@@ -13,7 +13,7 @@ decorated with `@STAGES.register`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,17 @@ from pydantic import model_validator
 from roost.config import Strict, canonical
 from roost.filters.base import Drop
 from roost.registry import Registry
-from roost.rows import Parsed
+from roost.rows import VIEWS, Parsed
+
+# Shared by the stages' configs: which text of a row a stage reads (roost.rows.VIEWS; auto:
+# the first instruction for SFT rows, the prompt for preference rows), and a model given by
+# its path or hub id alone.
+View = Literal[("auto",) + VIEWS]  # type: ignore[valid-type]
+
+
+def engine_config(value: Any) -> Any:
+    """`model: <path or hub id>` is short for `model: {model: <path or hub id>}`."""
+    return {"model": value} if isinstance(value, str) else value
 
 STAGES = Registry("roost.stages", "curation stage")
 
@@ -67,10 +77,18 @@ class Embedding:
 class Stage:
     kind: ClassVar[str]
     Config: ClassVar[type[StageConfig]]
+    # Columns among `fields()` that are scores: a later selection ranks by the last one written.
+    score_columns: ClassVar[tuple[str, ...]] = ()
+    # Whether the stage's results depend on the embedding model (part of its cache key). None:
+    # a set stage uses it when it asks for an Embedding feature; any other stage is assumed to.
+    uses_embedder: ClassVar[bool | None] = None
 
     def __init__(self, config: StageConfig, context: Any):
         self.config = config
         self.context = context  # roost.curate.Context: row kind, embedder, earlier stages' columns
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, before any row is read (raise ConfigError)."""
 
     @property
     def name(self) -> str:

@@ -48,8 +48,7 @@ from pydantic import Field, model_validator
 from roost.config import Strict, canonical, throughput
 from roost.errors import UserError
 from roost.filters.decontaminate import NgramIndex
-from roost.stages.base import STAGES, Annotation, Annotator, Drop, StageConfig
-from roost.stages.exact_dedup import View
+from roost.stages.base import STAGES, Annotation, Annotator, Drop, StageConfig, View
 
 
 class BenchmarkSet(Strict):

@@ -33,6 +33,8 @@ class DeitaConfig(StageConfig):
 class Deita(Annotator):
     kind = "deita"
     Config = DeitaConfig
+    score_columns = ("deita_score",)
+    uses_embedder = False
 
     def __init__(self, config: DeitaConfig, context):
         super().__init__(config, context)

@@ -7,10 +7,7 @@ from typing import Literal
 import numpy as np
 
 from roost.filters.exact_dedup import dedup_digests
-from roost.rows import VIEWS
-from roost.stages.base import STAGES, Digest, SetDecision, SetStage, StageConfig, Survivors
-
-View = Literal[("auto",) + VIEWS]  # type: ignore[valid-type]
+from roost.stages.base import STAGES, Digest, SetDecision, SetStage, StageConfig, Survivors, View
 
 
 class ExactDedupConfig(StageConfig):
@@ -22,6 +19,7 @@ class ExactDedupConfig(StageConfig):
 class ExactDedup(SetStage):
     kind = "exact_dedup"
     Config = ExactDedupConfig
+    uses_embedder = False
 
     def features(self):
         return [Digest(self.view)]

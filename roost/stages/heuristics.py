@@ -27,6 +27,7 @@ class HeuristicsConfig(StageConfig):
 class Heuristics(RowFilter):
     kind = "heuristics"
     Config = HeuristicsConfig
+    uses_embedder = False
 
     def __init__(self, config: HeuristicsConfig, context):
         super().__init__(config, context)

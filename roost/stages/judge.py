@@ -30,8 +30,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from roost.config import throughput
 from roost.engines.config import EngineConfig
-from roost.stages.base import STAGES, Annotation, Annotator, Drop, StageConfig
-from roost.stages.tags import engine_config
+from roost.stages.base import STAGES, Annotation, Annotator, Drop, StageConfig, engine_config
 
 
 class JudgeConfig(StageConfig):
@@ -94,6 +93,7 @@ class JudgeConfig(StageConfig):
 class Judge(Annotator):
     kind = "judge"
     Config = JudgeConfig
+    score_columns = ("judge_score", "chosen_judge_score", "judge_chosen_win")
 
     def __init__(self, config: JudgeConfig, context):
         super().__init__(config, context)

@@ -26,6 +26,8 @@ class RewardConfig(StageConfig):
 class Reward(Annotator):
     kind = "reward"
     Config = RewardConfig
+    score_columns = ("reward", "chosen_reward", "reward_margin")
+    uses_embedder = False
 
     def __init__(self, config: RewardConfig, context):
         super().__init__(config, context)

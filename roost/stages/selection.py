@@ -8,8 +8,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from roost.stages.base import STAGES, Embedding, SetDecision, SetStage, StageConfig, Survivors
-from roost.stages.exact_dedup import View
+from roost.stages.base import STAGES, Embedding, SetDecision, SetStage, StageConfig, Survivors, View
 
 
 class SelectionConfig(StageConfig):
@@ -26,6 +25,9 @@ class SelectionConfig(StageConfig):
 class Selection(SetStage):
     kind = "selection"
     Config = SelectionConfig
+
+    def check(self) -> None:
+        self.context.score_column(self, self.config.score)
 
     def features(self):
         return [Embedding(self.view)]

@@ -8,8 +8,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from roost.stages.base import STAGES, Embedding, SetDecision, SetStage, StageConfig, Survivors
-from roost.stages.exact_dedup import View
+from roost.stages.base import STAGES, Embedding, SetDecision, SetStage, StageConfig, Survivors, View
 
 
 class SemanticDedupConfig(StageConfig):

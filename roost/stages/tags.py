@@ -26,15 +26,11 @@ from pydantic import Field, ValidationInfo, field_validator
 from roost.config import throughput
 from roost.engines.config import EngineConfig
 from roost.errors import ConfigError
-from roost.stages.base import STAGES, Annotation, Annotator, Drop, StageConfig
-from roost.stages.exact_dedup import View
+from roost.stages.base import STAGES, Annotation, Annotator, Drop, StageConfig, View, engine_config
 
 DEFAULT_TAGS = ("task_category", "difficulty", "input_quality", "language")
 
 
-def engine_config(value: Any) -> Any:
-    """`model: <path or hub id>` is short for `model: {model: <path or hub id>}`."""
-    return {"model": value} if isinstance(value, str) else value
 
 
 class TagsConfig(StageConfig):
