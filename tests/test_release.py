@@ -1,0 +1,29 @@
+"""release_all: every registered model cache is closed and emptied (pure logic: stand-in
+objects with a close(), no model)."""
+from roost.engines import release_all
+from roost.engines.base import holds, on_release
+
+
+def test_release_all_closes_and_empties_every_registered_cache():
+    closed = []
+
+    class Held:
+        def close(self):
+            closed.append(self)
+
+    first, second = Held(), Held()
+    engines = holds({"a": first, "b": object()})  # a held object without close() is only dropped
+    backends = holds({"c": second})
+    dropped = []
+    on_release(lambda: dropped.append(True))
+    release_all()
+    assert closed == [first, second] and engines == {} and backends == {} and dropped == [True]
+    release_all()  # nothing held: nothing closed twice
+    assert closed == [first, second]
+
+
+def test_the_builds_synthesizers_are_released_with_the_engines():
+    import roost.build
+    from roost.engines.base import _RELEASERS
+
+    assert roost.build._synthesizer.cache_clear in _RELEASERS
