@@ -191,30 +191,30 @@ def generate_grouped(engine: Engine, prompts: Sequence[str], sampling: Sampling,
 
 # -- what release_all drops ------------------------------------------------------------------
 
-_RELEASERS: list[Callable[[], None]] = []
+_HELD: list[dict] = []  # caches of loaded models: closed first
+_RELEASERS: list[Callable[[], None]] = []  # then whatever else holds references to them
 
 
 def holds(cache: dict) -> dict:
     """Register a process-wide cache of loaded models (key -> engine or backend) with
     `roost.engines.release_all`, which closes what it holds and empties it; returns `cache`."""
-
-    def release() -> None:
-        for held in list(cache.values()):
-            close = getattr(held, "close", None)
-            if close is not None:
-                close()
-        cache.clear()
-
-    _RELEASERS.append(release)
+    _HELD.append(cache)
     return cache
 
 
 def on_release(release: Callable[[], None]) -> Callable[[], None]:
-    """Register `release` (e.g. a cache of objects that reach models) to run on release_all."""
+    """Register `release` (e.g. a cache of objects that reach models) to run on release_all,
+    after the models are closed."""
     _RELEASERS.append(release)
     return release
 
 
 def release_registered() -> None:
+    for cache in _HELD:
+        for held in list(cache.values()):
+            close = getattr(held, "close", None)
+            if close is not None:
+                close()
+        cache.clear()
     for release in list(_RELEASERS):
         release()
