@@ -46,7 +46,6 @@ from roost.writer import REJECT, DatasetWriter, Reject, ShardedOutput, base_mani
 from roost.schemas import RowSchema
 
 
-
 @dataclass
 class StageReport:
     name: str
@@ -153,13 +152,13 @@ class Context:
         """The column a stage ranks by: `name`, or the last score written before it."""
         earlier = self.stages[: self.stages.index(stage)]
         written = [f.name for st in earlier for f in st.fields()]
-        scores = [c for st in earlier for c in st.score_columns if c in written]
-        if name == "input" or (name is None and not scores and self.has_priority):
+        score_columns = {c for st in earlier for c in st.score_columns}
+        found = [c for c in written if c in score_columns]  # in the order they are written
+        if name == "input" or (name is None and not found and self.has_priority):
             if not self.has_priority:
                 raise self.config_error(stage, "score 'input' needs input.score_column")
             return "input"
         if name is None:
-            found = [c for c in written if c in scores]
             if not found:
                 raise self.config_error(stage, "needs scores: put a deita, reward or judge stage before it, "
                                                "or set input.score_column")

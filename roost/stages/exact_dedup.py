@@ -19,7 +19,6 @@ class ExactDedupConfig(StageConfig):
 class ExactDedup(SetStage):
     kind = "exact_dedup"
     Config = ExactDedupConfig
-    uses_embedder = False
 
     def features(self):
         return [Digest(self.view)]
