@@ -87,11 +87,11 @@ def make_input(path: Path, rows: int, words: list[str] | None = None) -> int:
 
 
 def _run_curate(src: str, out: str, static: bool, q) -> None:
-    from roost.curate import curate
+    from roost.curation.runner import curate
     from roost.recipe import CurateRecipe
 
     if static:
-        from roost.embeddings import StaticEmbedder
+        from roost.engines.embeddings import StaticEmbedder
 
         StaticEmbedder()  # distil now if the cache lacks it: not part of the measured run
         raw = {"input": {"path": src, "batch_size": 4096}, "embedding": {"model": "static"},

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from roost.filters.decontaminate import NgramIndex, tokens
+from roost.algorithms.decontaminate import NgramIndex, tokens
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "data" / "benchmark_word_problems.jsonl"
@@ -47,14 +47,14 @@ KINDS = ("exact", "numbers", "paraphrase")
 
 def planted_scores(embedder=None, n: int = 13, min_words: int = 8) -> dict:
     """n-gram overlap and nearest-item cosine of every planted row (the stage's two measures)."""
-    from roost.filters.semantic_dedup import ReferenceIndex
+    from roost.algorithms.semantic_dedup import ReferenceIndex
 
     items = [json.loads(line) for line in BENCHMARK.read_text().splitlines()]
     rows = [json.loads(line) for line in ROWS.read_text().splitlines()]
     texts = [r["instruction"] for r in rows]
     share, item = NgramIndex([b["question"] for b in items], n=n, min_words=min_words).match(texts)
     if embedder is None:
-        from roost.embeddings import Embedder
+        from roost.engines.embeddings import Embedder
 
         embedder = Embedder()
     sim, nearest = ReferenceIndex(embedder.encode([b["question"] for b in items])).nearest(embedder.encode(texts))
@@ -105,7 +105,7 @@ def format_table(table: list[dict]) -> str:
 # -- 2. speed and memory ----------------------------------------------------------------------
 
 def baseline_index(items: list[str], n: int = 13, min_words: int = 8):
-    """The rule of roost.filters.decontaminate written the obvious way: dicts of word tuples."""
+    """The rule of roost.algorithms.decontaminate written the obvious way: dicts of word tuples."""
     grams: dict[tuple, list] = defaultdict(list)
     whole: dict[tuple, int] = {}
     equal: dict[tuple, int] = {}
@@ -230,7 +230,7 @@ def speed(n_rows: int, n_items: int, batch: int) -> tuple[list[str], list[str]]:
 
 
 def _curate_child(src: str, out: str, stages: list, q) -> None:
-    from roost.curate import curate
+    from roost.curation.runner import curate
     from roost.recipe import CurateRecipe
 
     recipe = CurateRecipe.model_validate({"input": {"path": src}, "stages": stages})

@@ -1,6 +1,6 @@
 """Semantic dedup: chosen index (build + calibrate + search) vs exact flat search.
 
-IVF on CPU is roost's self-join by cell (see roost.filters.semantic_dedup), timed by phase.
+IVF on CPU is roost's self-join by cell (see roost.algorithms.semantic_dedup), timed by phase.
 
 Data: synthetic 384-d unit vectors, clustered (like sentence embeddings: same-topic rows at
 cosine ~0.4), with planted near-duplicate pairs (cosine 0.88-0.99, so some fall just under the
@@ -21,7 +21,7 @@ import time
 import faiss
 import numpy as np
 
-from roost.filters.semantic_dedup import semantic_dedup
+from roost.algorithms.semantic_dedup import semantic_dedup
 
 
 def planted(n: int, d: int = 384, dup_frac: float = 0.05, seed: int = 0) -> np.ndarray:

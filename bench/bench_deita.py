@@ -42,7 +42,7 @@ MODELS = {
 
 
 def build(name: str) -> Path:
-    from roost.tiny_model import TinyModelSpec, build_tiny_model
+    from roost.tiny.models import TinyModelSpec, build_tiny_model
 
     path, spec = MODELS[name]
     return build_tiny_model(path, TinyModelSpec(**spec))

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
-from roost.embeddings import Embedder, default_embedding_model
+from roost.engines.embeddings import Embedder, default_embedding_model
 
 
 def load_texts(n: int) -> list[str]:

@@ -1,6 +1,6 @@
 """Reading a Hub dataset for a sharded build: every shard re-streaming the set from its first
 row (roost before issue 19: `load_dataset(..., streaming=True)` then islice per shard) against
-loading it once into the Arrow cache and slicing (roost.sources now).
+loading it once into the Arrow cache and slicing (roost.dataset.sources now).
 
 The dataset is a local folder in the Hub's layout (a card with a `configs:` block, Parquet
 under main/), read by the same `datasets` calls roost makes after its one download, so no
@@ -46,12 +46,12 @@ def streamed(folder: Path, rows: int, shards: int) -> float:
 
 
 def sliced(folder: Path, rows: int, shards: int) -> float:
-    from roost.sources import Source
-
     import datasets
 
+    from roost.dataset.sources import Source
+
     t0, size = time.perf_counter(), -(-rows // shards)
-    ds = datasets.load_dataset(str(folder), name="main", split="train")  # roost.sources._hub_table's call
+    ds = datasets.load_dataset(str(folder), name="main", split="train")  # roost.dataset.sources._hub_table's call
     source = Source({"kind": "hub"}, ds.data.table.schema, _table=ds.data.table)
     for k in range(shards):
         got = [r for batch in source.rows(k * size, min(rows, (k + 1) * size)) for r in batch]

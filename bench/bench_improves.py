@@ -55,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     arms = args.arms.split(",")
     out = Path(args.out)
-    from roost import logs
+    from roost.runtime import logs
 
     print(f"library logs: {logs.setup(out)}", flush=True)
     lo, hi = (int(x) for x in args.eval_rows.split(":"))
@@ -83,7 +83,7 @@ def main() -> None:
 
 class Bench:
     def __init__(self, out: Path, lo: int, hi: int, args):
-        from roost.tiny_math_model import build_tiny_math_model
+        from roost.tiny.math_model import build_tiny_math_model
 
         self.out, self.lo, self.hi, self.args = out, lo, hi, args
         out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ class Bench:
     # -- data -------------------------------------------------------------------------------
 
     def build(self, name: str, raw: dict) -> Path:
-        from roost.build import build_here
+        from roost.building.runner import build_here
         from roost.engines import release_all
         from roost.recipe import validate_recipe
 
@@ -153,7 +153,7 @@ class Bench:
         return TRAIN.replace("{settings}", f"{self.args.settings} --seed {seed}")
 
     def trained(self, arm: str, data: Path) -> list[dict]:
-        from roost.iterate import run_training
+        from roost.building.iterate import run_training
 
         t0 = time.perf_counter()
         runs = []
@@ -172,9 +172,9 @@ class Bench:
     def loop(self, arm: str, recipe_of, iterations: int, mix_previous: bool = False) -> list[dict]:
         """`roost iterate` (its functions, no Prefect) with `loop.eval`: per seed, the metrics of
         every iteration's model ({"iterations": [...]} per run)."""
-        from roost.build import build_here
+        from roost.building.iterate import check_held_out, run_iterations
+        from roost.building.runner import build_here
         from roost.engines import release_all
-        from roost.iterate import check_held_out, run_iterations
         from roost.recipe import validate_recipe
 
         t0 = time.perf_counter()

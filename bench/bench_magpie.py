@@ -29,11 +29,11 @@ def main() -> None:
 
     from vllm import SamplingParams
 
-    from roost.engines import EngineConfig, get_engine
     from roost.config import SamplingConfig
+    from roost.engines import EngineConfig, get_engine
+    from roost.synthesizers.common.templates import first_turn_template
     from roost.synthesizers.magpie import Magpie, MagpieConfig
-    from roost.synthesizers.templates import first_turn_template
-    from roost.tiny_model import TinyModelSpec, build_tiny_model
+    from roost.tiny.models import TinyModelSpec, build_tiny_model
 
     model = args.model or str(build_tiny_model(REPO / ".cache" / "models" / "tiny-chatml", TinyModelSpec()))
     engine = get_engine(EngineConfig(model=model, max_model_len=1024))

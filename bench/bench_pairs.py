@@ -41,7 +41,7 @@ def main() -> None:
     from roost.recipe import validate_recipe
     from roost.schemas import MESSAGES
     from roost.synthesizers.reward_pairs import RewardPairs
-    from roost.tiny_model import TinyModelSpec, TinyRewardSpec, build_tiny_model, build_tiny_reward_model
+    from roost.tiny.models import TinyModelSpec, TinyRewardSpec, build_tiny_model, build_tiny_reward_model
 
     policy = str(build_tiny_model(REPO / ".cache" / "test-models" / "tiny-chatml", TinyModelSpec()))
     rm = str(build_tiny_reward_model(REPO / ".cache" / "test-models" / "tiny-rm-chatml", TinyRewardSpec()))

@@ -49,14 +49,14 @@ MODELS = {
 
 
 def build(name: str) -> Path:
-    from roost.tiny_model import TinyRewardSpec, build_tiny_reward_model
+    from roost.tiny.models import TinyRewardSpec, build_tiny_reward_model
 
     path, spec = MODELS[name]
     return build_tiny_reward_model(path, TinyRewardSpec(**spec))
 
 
 def conversations(n: int, turns: int, skip: int = 0) -> list[list[dict]]:
-    from roost.tiny_model import load_seed_conversations
+    from roost.tiny.models import load_seed_conversations
 
     rows = load_seed_conversations()
     out = []
@@ -166,7 +166,6 @@ def main() -> None:
         return
 
     import torch
-
     from bench_deita import matmul_rates
 
     torch.set_num_threads(os.cpu_count() or 2)

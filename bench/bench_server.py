@@ -37,7 +37,7 @@ MODEL = ROOT / ".cache" / "test-models" / "tiny-chatml"
 
 
 def model_path() -> Path:
-    from roost.tiny_model import TinyModelSpec, build_tiny_model
+    from roost.tiny.models import TinyModelSpec, build_tiny_model
 
     return build_tiny_model(MODEL, TinyModelSpec(style="chatml"))
 

@@ -42,7 +42,7 @@ def main() -> None:
 
     from roost.engines import EngineConfig, Sampling, get_engine
     from roost.judges.pairwise import PairwiseJudge
-    from roost.tiny_model import TinyModelSpec, build_tiny_model
+    from roost.tiny.models import TinyModelSpec, build_tiny_model
 
     policy = str(build_tiny_model(REPO / ".cache" / "test-models" / "tiny-chatml", TinyModelSpec()))
     engine = get_engine(EngineConfig(model=policy, max_model_len=1024, seed=0))

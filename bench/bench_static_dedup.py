@@ -6,14 +6,14 @@ duplicates dropped, plus edited near-duplicate copies of 12% of them (synonyms, 
 dropped/added words, typos, sentence order, case, a polite prefix).
 
 Ground truth: the pairs whose MiniLM cosine is >= 0.9 (exact, all pairs), as roost's
-default dedup sees them. The static model is distilled from that same MiniLM (roost.embeddings,
+default dedup sees them. The static model is distilled from that same MiniLM (roost.engines.embeddings,
 cached). Printed:
   * embedding speed: MiniLM rows/s (absolute baseline), static rows/s and the ratio, same texts,
     same process (median of --repeats for static; MiniLM once, it is slow);
   * threshold sweep: pair recall / precision / F1 of static cosine >= t against the MiniLM
     pairs (exact all-pairs on the static vectors); the threshold that maps to MiniLM's 0.9 is the
     one with the best F1;
-  * roost dedup with static embeddings at that threshold (roost.filters.semantic_dedup, the
+  * roost dedup with static embeddings at that threshold (roost.algorithms.semantic_dedup, the
     index it would pick; `--index` to force one) and semhash's `self_deduplicate` with the same
     distilled model at the same threshold: wall time from texts to decisions, pair recall and
     precision against MiniLM's pairs, and agreement of the removed rows with MiniLM dedup's.
@@ -33,7 +33,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-
 from static_corpus import plant_near_duplicates, real_texts
 
 
@@ -102,8 +101,8 @@ def main() -> None:
     a = ap.parse_args()
     print(f"load avg at start {os.getloadavg()}")
 
-    from roost.embeddings import Embedder, StaticEmbedder, distill_static
-    from roost.filters.semantic_dedup import semantic_dedup
+    from roost.algorithms.semantic_dedup import semantic_dedup
+    from roost.engines.embeddings import Embedder, StaticEmbedder, distill_static
 
     base = real_texts()
     texts, planted = plant_near_duplicates(base, a.plant_frac, seed=0)

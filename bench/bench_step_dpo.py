@@ -49,7 +49,7 @@ def main() -> None:
 
     from roost.recipe import validate_recipe
     from roost.synthesizers.step_dpo import StepDpo
-    from roost.tiny_math_model import build_tiny_math_model
+    from roost.tiny.math_model import build_tiny_math_model
 
     model = args.model or str(build_tiny_math_model(REPO / ".cache" / "test-models" / "tiny-math"))
     recipe = validate_recipe({

@@ -32,7 +32,7 @@ def run(backend: str, n: int, chars: int) -> dict:
 
     from roost.engines.base import render_chat
     from roost.judges.tags import TASKS, default_schema, fill
-    from roost.tiny_model import TinyModelSpec, build_tiny_model
+    from roost.tiny.models import TinyModelSpec, build_tiny_model
 
     model = build_tiny_model(MODEL_DIR, TinyModelSpec(style="chatml"))
     kwargs = {"disable_any_whitespace": True} if backend in ("guidance", "xgrammar") else {}

@@ -1,4 +1,4 @@
 """`python -m roost`: the same as the `roost` command."""
-from roost.supervisor import main
+from roost.runtime.supervisor import main
 
 main()

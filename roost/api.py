@@ -15,16 +15,13 @@ Each call is the command's: the same recipe (built from the same options, in one
 `build_recipe`, `curate_recipe`, `eval_recipe`, which the CLI calls too), the same checks before
 any model loads, the same fingerprints, and the same resume: calling it again into the same
 `out` keeps what is finished and does only the rest (nothing, if it all is). It holds `out`
-(roost.runlock), so it and a `roost` command never write one output at once. It needs no
-Prefect server: it runs the plain functions the command's flows wire (roost.build.build_here,
-roost.curate.curate, roost.evaluation.run.run_eval). Progress bars are rich's, so they draw in a
+(roost.runtime.runlock), so it and a `roost` command never write one output at once. It needs no
+Prefect server: it runs the plain functions the command's flows wire (roost.building.runner.build_here,
+roost.curation.runner.curate, roost.evaluation.run.run_eval). Progress bars are rich's, so they draw in a
 terminal and in Jupyter (with ipywidgets). Library logs go to OUT/logs/roost.log unless
 `verbose=True`. A mistake raises a roost.errors.UserError subclass whose message is the one
 line the command prints; interrupting (a notebook's stop button) keeps every finished unit,
 marks the manifest "stopped", and the next call resumes.
-
-`roost.build` and `roost.curate` are also the names of the modules of plain functions
-(roost/build.py, roost/curate.py): called, those modules run the functions here.
 """
 from __future__ import annotations
 
@@ -265,10 +262,10 @@ def _stderr(line: str) -> None:
 
 @contextmanager
 def held(out: PathLike, *, verbose: bool = False, say: Say | None = None) -> Iterator[Path]:
-    """OUT writable and held by this run (roost.runlock), library logs in OUT/logs/roost.log. In a
+    """OUT writable and held by this run (roost.runtime.runlock), library logs in OUT/logs/roost.log. In a
     process that is not a `roost` command (a notebook), an interrupt marks the manifest "stopped",
     closes the engines it may have left mid-call, says what is kept, and is raised on."""
-    from roost import logs, runlock, stopping
+    from roost.runtime import logs, runlock, stopping
 
     out = writable(out)
     with runlock.hold(out, say=say or _stderr):
@@ -278,7 +275,7 @@ def held(out: PathLike, *, verbose: bool = False, say: Say | None = None) -> Ite
         try:
             yield out
         except KeyboardInterrupt:
-            if not stopping.installed():  # the command's own stop is roost.stopping.run_cli's
+            if not stopping.installed():  # the command's own stop is roost.runtime.stopping.run_cli's
                 stopping._mark_manifests()
                 stopping._release_engines()
                 (say or _stderr)(stopping.message().replace("run the same command", "call it again"))
@@ -290,11 +287,11 @@ def run_build(rec: "Recipe", out: PathLike, *, run: Runner | None = None, verbos
     """Check, then build `rec` into `out` with `run(recipe, out)` (default: in this process).
     (Libraries are imported once `held` has set up their logging.)"""
     with held(out, verbose=verbose, say=say) as out_dir:
-        from roost.build import build_here, preflight
+        from roost.building.runner import build_here, preflight
 
         preflight(rec, out_dir)  # user errors surface here, before Prefect and the engines start
         if rec.executor.kind == "ray":  # an address that does not answer: one line, now
-            from roost.ray_executor import connect
+            from roost.building.on_ray import connect
 
             connect(rec.executor.address, quiet=not verbose)
         if run is None:
@@ -305,7 +302,8 @@ def run_build(rec: "Recipe", out: PathLike, *, run: Runner | None = None, verbos
 def run_curate(rec: "CurateRecipe", out: PathLike, *, run: Runner | None = None, verbose: bool = False,
                say: Say | None = None, progress: bool = True) -> dict:
     with held(out, verbose=verbose, say=say) as out_dir:
-        from roost.curate import curate as curate_here, preflight
+        from roost.curation.runner import curate as curate_here
+        from roost.curation.runner import preflight
 
         preflight(rec, out_dir)  # user errors surface here, before Prefect and the models start
         if run is None:
@@ -409,8 +407,8 @@ class Result:
     @classmethod
     def load(cls, out: PathLike) -> "Result":
         """The result of an earlier build or curation, from its manifest.json."""
+        from roost.dataset.writer import read_manifest
         from roost.errors import InputError
-        from roost.writer import read_manifest
 
         manifest = read_manifest(out)
         if not manifest:

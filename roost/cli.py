@@ -14,8 +14,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from roost import logs
 from roost.recipe import load_recipe
+from roost.runtime import logs
 
 # Prefect's ephemeral server would try to send telemetry; these machines (and many clusters) are offline.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -56,16 +56,16 @@ def _warn(line: str) -> None:
 
 @contextmanager
 def _holding(out_dir: Path):
-    """This run holds OUT (roost.runlock): a second run into it stops with one line."""
-    from roost.runlock import hold
+    """This run holds OUT (roost.runtime.runlock): a second run into it stops with one line."""
+    from roost.runtime.runlock import hold
 
     with hold(out_dir, say=_warn):
         yield
 
 
 _FLOWS = {  # command: its Prefect flow, and the plain function that does the same work without Prefect
-    "build": ("roost.flows.build:build_flow", "roost.build:build_here"),
-    "curate": ("roost.flows.curate:curate_flow", "roost.curate:curate"),
+    "build": ("roost.flows.build:build_flow", "roost.building.runner:build_here"),
+    "curate": ("roost.flows.curate:curate_flow", "roost.curation.runner:curate"),
     "eval": ("roost.flows.evaluate:eval_flow", "roost.flows.evaluate:evaluate_here"),
 }
 
@@ -193,14 +193,14 @@ def iterate(
         out_dir = _out_dir(out or Path("out") / f"{rec.name}-iterate")
         with _holding(out_dir):
             logs.setup(out_dir, verbose)
-            from roost.build import preflight
+            from roost.building.iterate import check_held_out, check_resumable, iteration_recipe
+            from roost.building.runner import preflight
             from roost.flows.iterate import iterate_flow
-            from roost.iterate import check_held_out, check_resumable, iteration_recipe
 
             check_resumable(rec, rec.loop, out_dir)
             check_held_out(rec, rec.loop)
             preflight(iteration_recipe(rec, 0, rec.model.model), out_dir / "iter-0" / "data")
-            from roost.iterate import run_here
+            from roost.building.iterate import run_here
 
             manifest = _run_flow(iterate_flow, run_here, rec, rec.loop, str(out_dir))
     _print_iterate_summary(manifest, out_dir)
@@ -346,7 +346,7 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
 ) -> None:
     """Run a build (then curate and publish) on a cron schedule, from a Prefect deployment served here."""
-    from roost import serve as serving
+    from roost.flows import serve as serving
     from roost.recipe import load_curate_recipe
 
     with user_errors():
@@ -367,7 +367,7 @@ def serve(
 
 
 def _serve(serving, name: str, schedule, params: dict, base: Path, cron: str, timezone: str) -> None:
-    from roost import stopping
+    from roost.runtime import stopping
 
     deployment = f"roost-scheduled/{name}"
     stopping.say_on_stop(f"stopped serving {deployment} (its schedule is paused; finished runs are kept in "
@@ -527,7 +527,7 @@ def report(
 @app.command()
 def inspect(path: Path = typer.Argument(..., help="output directory or a Parquet file"), rows: int = 3) -> None:
     """Show schema, counts, a few rows and the manifest of a dataset roost wrote."""
-    from roost.inspect import describe_dataset
+    from roost.dataset.show import describe_dataset
 
     try:
         describe_dataset(path, rows, Console())
@@ -544,13 +544,13 @@ def tiny_model(
     """Build an offline tiny model: `chat` learns the chat format only; `math` is trained on
     worked solutions of the shipped arithmetic problems (a few CPU minutes)."""
     if kind == "math":
-        from roost.tiny_math_model import build_tiny_math_model
+        from roost.tiny.math_model import build_tiny_math_model
 
         console.print(f"tiny math model at {build_tiny_math_model(out)}")
         return
     if kind != "chat":
         _fail("--kind: chat or math")
-    from roost.tiny_model import TinyModelSpec, build_tiny_model
+    from roost.tiny.models import TinyModelSpec, build_tiny_model
 
     path = build_tiny_model(out, TinyModelSpec(style=style))
     console.print(f"tiny {style} model at {path}")
@@ -570,7 +570,7 @@ def demo(
 
 
 def _demo(out: Path, num_rows: int, verbose: bool) -> None:
-    from roost.tiny_model import TinyModelSpec, build_tiny_model, build_tiny_reward_model
+    from roost.tiny.models import TinyModelSpec, build_tiny_model, build_tiny_reward_model
 
     log = logs.setup(out, verbose)
     console.print(
@@ -619,7 +619,7 @@ def _demo(out: Path, num_rows: int, verbose: bool) -> None:
     console.print("[yellow]Step-DPO pairs: a tiny model trained on the shipped arithmetic problems (a few CPU "
                   "minutes, once) solves them, sometimes wrongly; rollouts find each wrong solution's first wrong "
                   "step, sampling from the prefix before it rectifies it.[/]")
-    from roost.tiny_math_model import build_tiny_math_model
+    from roost.tiny.math_model import build_tiny_math_model
 
     math_path = build_tiny_math_model(REPO / ".cache" / "models" / "tiny-math")
     build(
@@ -653,12 +653,12 @@ DEMO_HELD_OUT = (2000, 2300)  # rows of data/arithmetic_problems.jsonl no demo b
 def _demo_does_it_help(base: Path, out: Path) -> str:
     """Train the base math model on the demo's Step-DPO pairs, then evaluate both on held-out
     problems: the line the demo ends with."""
+    from roost.building.iterate import run_training
     from roost.engines import release_all
     from roost.errors import OutputMismatch
     from roost.evaluation.config import EvalRecipe
     from roost.evaluation.run import preflight
     from roost.flows.evaluate import eval_flow
-    from roost.iterate import run_training
 
     console.print(f"[yellow]Does the data help? A short DPO training of the tiny math model on the Step-DPO pairs "
                   f"(scripts/train_dpo.py {DEMO_TRAINING}), then roost eval of the base and the trained model on "
@@ -713,7 +713,7 @@ def _print_build_summary(manifest: dict, out_dir: Path) -> None:
 
 
 def main() -> None:  # pragma: no cover
-    from roost.stopping import run_cli
+    from roost.runtime.stopping import run_cli
 
     run_cli(lambda: app(prog_name="roost"))
 

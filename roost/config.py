@@ -110,7 +110,7 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a ch
 class DatasetInput(Strict):
     """A dataset read as input: a roost output, Parquet, JSON Lines, JSON array or CSV file (or a
     directory or glob of them), or `hf://<id>` on the Hub (`?name=<config>&revision=<ref>` or
-    the `config` / `revision` fields). Its shape (roost.rows) is detected from its columns;
+    the `config` / `revision` fields). Its shape (roost.dataset.rows) is detected from its columns;
     `format` and `columns` (part -> column name) say it outright."""
 
     path: str | None = None
@@ -122,9 +122,9 @@ class DatasetInput(Strict):
     max_bad_share: float = Field(0.5, ge=0, le=1)  # more rows than this that cannot be read: stop
 
     def shape(self, schema):
-        """The input's roost.rows.Shape: what its rows are and the columns they are read from."""
+        """The input's roost.dataset.rows.Shape: what its rows are and the columns they are read from."""
+        from roost.dataset.rows import detect
         from roost.errors import InputError
-        from roost.rows import detect
 
         try:
             return detect(schema, self.format, self.columns)
@@ -134,7 +134,7 @@ class DatasetInput(Strict):
             raise type(e)(f"{self.path}: {e}") from None
 
     def open(self):
-        """The input as a roost.sources.Source."""
-        from roost.sources import open_source
+        """The input as a roost.dataset.sources.Source."""
+        from roost.dataset.sources import open_source
 
         return open_source(self.path, split=self.split, config=self.config, revision=self.revision)

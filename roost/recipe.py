@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from roost.config import DatasetInput, Strict, fingerprint, throughput
 from roost.engines.config import EngineConfig
-from roost.evaluation.config import LoopEval
 from roost.errors import ConfigError
+from roost.evaluation.config import LoopEval
 from roost.stages.base import STAGES
 from roost.synthesizers.base import SYNTHESIZERS
 
@@ -46,7 +45,7 @@ REQUIRED = ("data", "model", "output")
 
 class ExecutorConfig(Strict):
     """Where a build's shards run: here, one after another (local), or on a Ray cluster, one
-    engine per Ray worker (see roost.ray_executor). Speed only: never part of the fingerprint."""
+    engine per Ray worker (see roost.building.on_ray). Speed only: never part of the fingerprint."""
 
     kind: Literal["local", "ray"] = "local"
     address: str | None = None  # ray: auto (RAY_ADDRESS, or the cluster `ray start` made here), HOST:PORT, ray://HOST:PORT
@@ -57,7 +56,7 @@ class ExecutorConfig(Strict):
 
 
 class LoopConfig(Strict):
-    """`roost iterate`: build, train with the user's command, repeat (see roost.iterate)."""
+    """`roost iterate`: build, train with the user's command, repeat (see roost.building.iterate)."""
 
     iterations: int = Field(2, ge=1)
     train: str = Field(min_length=1)  # shell template, see the module doc
@@ -97,7 +96,7 @@ class Recipe(Strict):
     executor: ExecutorConfig = throughput(ExecutorConfig())  # where shards run; not part of the fingerprint
 
     def fingerprint(self, contents: dict[str, str] | None = None) -> str:
-        """`contents`: what the inputs are (roost.build.build_fingerprint)."""
+        """`contents`: what the inputs are (roost.building.runner.build_fingerprint)."""
         return fingerprint(self, ignore=("name", "loop"), contents=contents)
 
 
@@ -109,7 +108,7 @@ class CurateInput(DatasetInput):
 
 class EmbeddingConfig(Strict):
     # sentence-transformers name or path; default: bundled all-MiniLM-L6-v2. "static": a model2vec
-    # model distilled from it (cached; roost.embeddings.StaticEmbedder), or a model2vec model's path
+    # model distilled from it (cached; roost.engines.embeddings.StaticEmbedder), or a model2vec model's path
     model: str | None = None
     kind: Literal["auto", "sentence-transformers", "model2vec"] = "auto"  # auto: model2vec for "static" / model2vec dirs
     batch_size: int = throughput(32, ge=1)  # sentence-transformers default; measured fastest on CPU

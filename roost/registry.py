@@ -29,12 +29,13 @@ class Registry:
         return cls
 
     def load(self) -> None:
-        """Import every module of the package once, so each registers itself."""
+        """Import every module of the package once, so each registers itself (a subpackage holds
+        what plug-ins share, e.g. roost/synthesizers/common/, and is not a plug-in)."""
         if self._loaded:
             return
         pkg = importlib.import_module(self.package)
         for info in pkgutil.iter_modules(pkg.__path__):
-            if not info.name.startswith("_"):
+            if not info.name.startswith("_") and not info.ispkg:
                 importlib.import_module(f"{self.package}.{info.name}")
         self._loaded = True
 

@@ -46,7 +46,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from roost.reasoning.arithmetic import make_problems, solution
     from roost.reasoning.prompting import HEADER, OPENER, user_turn
-    from roost.tiny_math_model import SHIPPED_SEED
+    from roost.tiny.math_model import SHIPPED_SEED
 
     lo, hi = (int(x) for x in args.rows.split(":"))
     tokenizer = AutoTokenizer.from_pretrained(args.base)

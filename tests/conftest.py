@@ -27,14 +27,14 @@ MODEL_CACHE = Path(os.environ.get("ROOST_TEST_MODELS", Path(__file__).resolve().
 
 @pytest.fixture(scope="session")
 def tiny_chatml_path() -> Path:
-    from roost.tiny_model import TinyModelSpec, build_tiny_model
+    from roost.tiny.models import TinyModelSpec, build_tiny_model
 
     return build_tiny_model(MODEL_CACHE / "tiny-chatml", TinyModelSpec(style="chatml"))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama3_path() -> Path:
-    from roost.tiny_model import TinyModelSpec, build_tiny_model
+    from roost.tiny.models import TinyModelSpec, build_tiny_model
 
     return build_tiny_model(MODEL_CACHE / "tiny-llama3", TinyModelSpec(style="llama3"))
 
@@ -66,7 +66,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def tiny_rm_chatml_path() -> Path:
     """Qwen2ForSequenceClassification, one output, trained briefly to prefer seed responses."""
-    from roost.tiny_model import TinyRewardSpec, build_tiny_reward_model
+    from roost.tiny.models import TinyRewardSpec, build_tiny_reward_model
 
     return build_tiny_reward_model(MODEL_CACHE / "tiny-rm-chatml", TinyRewardSpec())
 
@@ -74,7 +74,7 @@ def tiny_rm_chatml_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_rm3_llama3_path() -> Path:
     """LlamaForSequenceClassification with three outputs (a BOS-carrying Llama-3 template)."""
-    from roost.tiny_model import TinyRewardSpec, build_tiny_reward_model
+    from roost.tiny.models import TinyRewardSpec, build_tiny_reward_model
 
     return build_tiny_reward_model(MODEL_CACHE / "tiny-rm3-llama3",
                                    TinyRewardSpec(style="llama3", num_labels=3, train_steps=0))
@@ -83,7 +83,7 @@ def tiny_rm3_llama3_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_armo_path() -> Path:
     """ArmoRM-like custom code (auto_map + trust_remote_code), four objectives, Llama-3 template."""
-    from roost.tiny_model import TinyRewardSpec, build_tiny_reward_model
+    from roost.tiny.models import TinyRewardSpec, build_tiny_reward_model
 
     return build_tiny_reward_model(MODEL_CACHE / "tiny-armo-llama3",
                                    TinyRewardSpec(kind="armo", style="llama3", train_steps=0))
@@ -120,7 +120,7 @@ def llama3_hf_scoring_engine(tiny_llama3_path):
 @pytest.fixture(scope="session")
 def tiny_math_path() -> Path:
     """A Qwen2 chat model trained ~2.5 CPU minutes on worked arithmetic solutions: it solves
-    some shipped problems and gets others wrong (roost.tiny_math_model)."""
-    from roost.tiny_math_model import TinyMathSpec, build_tiny_math_model
+    some shipped problems and gets others wrong (roost.tiny.math_model)."""
+    from roost.tiny.math_model import TinyMathSpec, build_tiny_math_model
 
     return build_tiny_math_model(MODEL_CACHE / "tiny-math", TinyMathSpec())

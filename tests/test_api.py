@@ -61,7 +61,7 @@ def test_importing_roost_is_light_and_its_names_are_lazy():
     code = ("import sys, roost; heavy = [m for m in ('pyarrow', 'pydantic', 'vllm', 'torch', 'prefect', 'datasets', "
             "'numpy', 'yaml') if m in sys.modules]; assert not heavy, heavy; "
             "assert callable(roost.build) and callable(roost.curate) and roost.eval is roost.evaluate; "
-            "import roost.build as b; assert b is roost.build and callable(b.build_here); "
+            "import roost.api; assert roost.build is roost.api.build and roost.curate is roost.api.curate; "
             "import inspect; assert 'num_rows' in inspect.signature(roost.build).parameters; "
             "assert roost.CurateRecipe.__name__ == 'CurateRecipe'; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

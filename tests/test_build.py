@@ -15,9 +15,9 @@ import yaml
 from typer.testing import CliRunner
 
 from roost.cli import app
+from roost.dataset.writer import DatasetWriter, Reject, read_roost_metadata
 from roost.recipe import load_recipe
 from roost.schemas import SFT_ROWS
-from roost.writer import DatasetWriter, Reject, read_roost_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,12 +67,12 @@ def test_flow_writes_hub_style_shards_with_provenance_and_resumes(tmp_path, chat
     meta = read_roost_metadata(out / "data" / files[0])
     assert meta["provenance"]["recipe_hash"] == recipe.fingerprint()
     # manifest.json: the shards' file mode (0644 under umask 022, not mkstemp's 0600), and no
-    # absolute path of this machine (roost.portable); the model's identity is its revision
+    # absolute path of this machine (roost.dataset.portable); the model's identity is its revision
     mode = lambda p: (p.stat().st_mode & 0o777)  # noqa: E731
     assert mode(out / "manifest.json") == mode(out / "data" / files[0])
     text = (out / "manifest.json").read_text()
     assert str(tmp_path) not in text and str(REPO) not in text and str(tiny_chatml_path) not in text
-    from roost.portable import portable_path
+    from roost.dataset.portable import portable_path
 
     assert on_disk["model"] == on_disk["recipe"]["model"]["model"] == portable_path(str(tiny_chatml_path), out)
 
@@ -146,7 +146,7 @@ def test_user_errors_are_one_line_exit_2_bugs_keep_their_traceback(tmp_path, tin
         assert len(lines) <= 2 and needle in " ".join(lines), (args, result.output)
 
     # an internal bug is not dressed up as a user error: it propagates with its traceback
-    import roost.build
+    import roost.building.runner
 
     def broken(*a, **k):
         raise KeyError("internal")
@@ -180,10 +180,10 @@ def _step_dpo_recipe(tmp_path, model_path) -> Path:
 
 def _pairs_recipe(tmp_path, model_path, reward_path) -> Path:
     """Reward-ranked pairs over 60 seed prompts, 6 shards of 10."""
-    from roost.schemas import MESSAGES
-    from roost.tiny_model import load_seed_conversations
-
     import pyarrow as pa
+
+    from roost.schemas import MESSAGES
+    from roost.tiny.models import load_seed_conversations
 
     prompts = tmp_path / "prompts.parquet"
     rows = [{"messages": [c[0]]} for c in load_seed_conversations()[:60]]
@@ -333,7 +333,7 @@ def test_shipped_recipes_are_valid():
 def test_a_shard_does_not_depend_on_what_ran_before_it(tmp_path, chatml_engine, tiny_chatml_path):
     """Shard 2 built alone equals shard 2 built after shards 0 and 1 (and after unrelated
     generation): each shard and each engine call has its own derived seed."""
-    from roost.build import run_shard
+    from roost.building.runner import run_shard
     from roost.engines import Sampling
 
     recipe = load_recipe(_recipe(tmp_path, tiny_chatml_path))

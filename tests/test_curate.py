@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from roost.cli import app
-from roost.curate import curate
+from roost.curation.runner import curate
 from roost.recipe import CurateRecipe
 from roost.schemas import MESSAGES
 
@@ -158,7 +158,7 @@ def test_exact_dedup_matches_a_plain_python_statement_of_the_rule():
 
     import numpy as np
 
-    from roost.filters.exact_dedup import exact_dedup
+    from roost.algorithms.exact_dedup import exact_dedup
 
     def reference(keys, pri):
         best = {}
@@ -180,7 +180,7 @@ def test_exact_dedup_matches_a_plain_python_statement_of_the_rule():
 
 
 def test_unfinished_curation_is_redone_without_stale_shards(tmp_path, input_path):
-    from roost.writer import base_manifest
+    from roost.dataset.writer import base_manifest
 
     recipe = CurateRecipe.model_validate({"input": {"path": str(input_path)}, "shard_size": 4,
                                           "stages": [{"kind": "heuristics"}, {"kind": "exact_dedup"}]})

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from roost.algorithms.decontaminate import NgramIndex, tokens
 from roost.cli import app
-from roost.filters.decontaminate import NgramIndex, tokens
 from roost.schemas import MESSAGES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_numpy_index_matches_the_plain_python_rule():
 
 @pytest.fixture(scope="module")
 def embedder():
-    from roost.embeddings import Embedder
+    from roost.engines.embeddings import Embedder
 
     return Embedder()
 
@@ -157,7 +157,7 @@ def test_planted_contamination_precision_and_recall(embedder, capsys):
 def test_stage_decides_as_the_table_says(tmp_path, embedder):
     """The stage in `curate`, at its defaults, removes exactly the rows the table's `both` row
     counts, each reject naming the planted item and its measure."""
-    from roost.curate import curate
+    from roost.curation.runner import curate
     from roost.recipe import CurateRecipe
 
     bench = _bench()
@@ -303,7 +303,7 @@ def test_hub_benchmark_with_list_valued_text(tmp_path, monkeypatch):
     holding a list of strings (MT-Bench's `turns`) is one item per string."""
     import datasets
 
-    from roost.curate import curate
+    from roost.curation.runner import curate
     from roost.recipe import CurateRecipe
 
     turns = [["Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural "
@@ -338,7 +338,7 @@ def test_hub_benchmark_with_list_valued_text(tmp_path, monkeypatch):
 
 
 def test_reference_index_is_exact_nearest_neighbour():
-    from roost.filters.semantic_dedup import ReferenceIndex
+    from roost.algorithms.semantic_dedup import ReferenceIndex
 
     rng = np.random.default_rng(1)
     ref = rng.standard_normal((300, 32)).astype(np.float32)

@@ -8,9 +8,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from roost.filters.exact_dedup import exact_dedup, normalize_text
-from roost.rows import Columns, Shape, parse
-from roost.filters.semantic_dedup import FLAT_MAX_ROWS, semantic_dedup
+from roost.algorithms.exact_dedup import exact_dedup, normalize_text
+from roost.algorithms.semantic_dedup import FLAT_MAX_ROWS, semantic_dedup
+from roost.dataset.rows import Columns, Shape, parse
 
 
 def chat(user: str, assistant: str = "ok", id: str | None = None) -> dict:
@@ -103,7 +103,7 @@ GROUP = {0: "A", 1: "A", 2: "A", 3: "B", 4: "B", 5: "B", 14: "B", 7: "C", 12: "C
 
 @pytest.fixture(scope="module")
 def embedder():
-    from roost.embeddings import Embedder
+    from roost.engines.embeddings import Embedder
 
     return Embedder()
 
@@ -183,7 +183,7 @@ def test_semantic_scores_choose_survivor(emb):
 
 def test_self_excluded_by_index_not_by_rank():
     """distilabel's lesson: the first hit is not always self. Here it is second."""
-    from roost.filters.semantic_dedup import _neighbours
+    from roost.algorithms.semantic_dedup import _neighbours
 
     D = np.array([[1.0, 1.0, 0.5], [1.0, 0.9, 0.2]], np.float32)
     I = np.array([[7, 3, 9], [5, 2, 8]])
@@ -352,7 +352,7 @@ def test_ivf_self_join_100k_384d_recall_and_flat_semantics():
 def test_ivf_self_join_equals_a_bruteforce_join_of_the_same_cells():
     """ivf_self_join against the plain statement: row i is compared with every member of its
     probed cells; pairs >= threshold, the k most similar per row; nearest = best of those."""
-    from roost.filters.semantic_dedup import ivf_self_join
+    from roost.algorithms.semantic_dedup import ivf_self_join
 
     rng = np.random.default_rng(4)
     x = planted(3000, d=16, dup_frac=0.2, seed=4)

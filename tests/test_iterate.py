@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
-
 from test_spin import seed_rows, spin_recipe, write_sft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +97,7 @@ def test_iterate_spin_two_real_iterations(tmp_path, tiny_chatml_path):
 
 
 def test_iteration_recipe_and_command(tmp_path, tiny_chatml_path):
-    from roost.iterate import iteration_recipe, model_problem, render_command
+    from roost.building.iterate import iteration_recipe, model_problem, render_command
     from roost.recipe import validate_recipe
 
     raw = spin_recipe(tiny_chatml_path, tmp_path / "prompts-{iteration}.parquet")

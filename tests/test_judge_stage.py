@@ -17,13 +17,19 @@ import yaml
 from typer.testing import CliRunner
 
 from roost.cli import app
+from roost.dataset.portable import portable_path
 from roost.errors import ConfigError
 from roost.judges.absolute import (
-    RUBRIC_VERSION, TEMPLATE_VERSION, AbsoluteJudge, answer_schema, check_template, default_template, fill,
+    RUBRIC_VERSION,
+    TEMPLATE_VERSION,
+    AbsoluteJudge,
+    answer_schema,
+    check_template,
+    default_template,
+    fill,
     instruction_text,
 )
 from roost.judges.structured import read_answer
-from roost.portable import portable_path
 from roost.schemas import MESSAGES
 
 QUESTIONS = ["How do I reverse a list in Python?", "What is the capital of France?", "Solve 3x + 5 = 20 for x.",
@@ -145,7 +151,7 @@ def test_absolute_scores_on_sft_rows_nulls_with_reasons_and_min_score(tmp_path, 
     st = _stage(out)
     assert st["settings"]["unreadable"] == {"context_overflow": 1, "no_response": 1}
     judge = st["settings"]["judge"]
-    # the manifest records the model path portably (roost.portable), its identity by revision
+    # the manifest records the model path portably (roost.dataset.portable), its identity by revision
     assert judge["model"] == portable_path(str(tiny_chatml_path), out) and judge["revision"].startswith("local-sha256:")
     assert judge["template_version"] == TEMPLATE_VERSION and judge["rubric_version"] == RUBRIC_VERSION
     assert judge["answer_schema"]["properties"]["score"] == {"type": "integer", "minimum": 1, "maximum": 5}

@@ -8,7 +8,7 @@ import pytest
 
 from roost.config import SamplingConfig
 from roost.schemas import SFT_ROWS, row_id
-from roost.synthesizers import instruction_rules as rules
+from roost.synthesizers.common import instruction_rules as rules
 from roost.synthesizers.magpie import Magpie, MagpieConfig
 
 
@@ -112,7 +112,7 @@ def test_broken_turns_become_rejects_with_reasons(chatml_engine, tiny_chatml_pat
 )
 def test_instruction_rules(text, finish, reason):
     # Pure rule logic on fixed strings: no model involved.
-    from roost.filters.base import FilterStep
+    from roost.algorithms.base import FilterStep
 
     step = FilterStep([
         rules.Truncated(), rules.Empty(), rules.BrokenText(), rules.TooShort(8 if text.isascii() else 4), rules.NotARequest(),

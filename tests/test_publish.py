@@ -21,9 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 from roost.cli import app
+from roost.dataset.writer import DatasetWriter, Reject, base_manifest, summarize, write_manifest
 from roost.schemas import PREFERENCE_ROWS, SFT_ROWS, row_id
-from roost.writer import DatasetWriter, Reject, base_manifest, summarize, write_manifest
-
 from tests.fake_hub import FakeHub
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,7 +260,7 @@ def test_step_dpo_dry_run_has_step_dpo_and_prm_configs(tmp_path):
 
 
 def test_curated_output_from_a_real_curate_run(tmp_path):
-    from roost.curate import curate
+    from roost.curation.runner import curate
     from roost.recipe import CurateRecipe
 
     source = make_sft(tmp_path / "sft", n=12)
@@ -278,7 +277,7 @@ def test_curated_output_from_a_real_curate_run(tmp_path):
 
 
 def test_a_curated_card_names_the_model_and_recipe_that_made_its_input(tmp_path):
-    from roost.curate import curate
+    from roost.curation.runner import curate
     from roost.recipe import CurateRecipe
 
     source = make_sft(tmp_path / "sft", n=12)

@@ -232,9 +232,9 @@ def test_a_ray_address_that_does_not_answer_is_one_line_exit_2(tmp_path, tiny_ch
 
 
 def test_worker_plan_fits_the_cluster():
-    from roost.errors import UserError
+    from roost.building.on_ray import plan_workers
     from roost.engines import EngineConfig
-    from roost.ray_executor import plan_workers
+    from roost.errors import UserError
     from roost.recipe import ExecutorConfig
 
     ray_ex = ExecutorConfig(kind="ray")
@@ -249,7 +249,7 @@ def test_worker_plan_fits_the_cluster():
     plan = plan_workers(ray_ex, EngineConfig(model="m", tensor_parallel_size=4), 100, gpu_nodes)
     assert (plan.count, plan.gpus, plan.placement) == (3, 4.0, True)
     assert plan.bundles() == [{"CPU": 1.0}] + [{"GPU": 1.0}] * 4
-    from roost.ray_executor import for_workers
+    from roost.building.on_ray import for_workers
     from roost.recipe import Recipe
 
     recipe = Recipe.model_validate({"name": "r", "model": {"model": "m", "tensor_parallel_size": 4},

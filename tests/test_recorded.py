@@ -1,6 +1,6 @@
 """What an output records: manifest.json with the data's file mode, no absolute path of the
-machine that made it (roost.portable), the input's provenance when a curation reads a roost
-output (roost.lineage), and the languages of the rows' text (roost.languages).
+machine that made it (roost.dataset.portable), the input's provenance when a curation reads a roost
+output (roost.dataset.lineage), and the languages of the rows' text (roost.dataset.languages).
 
 Real files throughout: shards written by roost's DatasetWriter, manifests by write_manifest,
 a recipe validated and fingerprinted as `roost build` does.
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from roost import portable
-from roost.languages import detect, language_of
-from roost.lineage import find_output, generator, input_provenance
+from roost.dataset import portable
+from roost.dataset.languages import detect, language_of
+from roost.dataset.lineage import find_output, generator, input_provenance
+from roost.dataset.writer import DatasetWriter, base_manifest, summarize, write_manifest
 from roost.schemas import SFT_ROWS, row_id
-from roost.writer import DatasetWriter, base_manifest, summarize, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_portable_paths_follow_the_documented_rules(tmp_path):
 
 
 def test_manifest_records_no_absolute_path_and_the_fingerprint_is_the_live_recipe(tmp_path, monkeypatch):
-    from roost.build import build_fingerprint
+    from roost.building.runner import build_fingerprint
     from roost.recipe import validate_recipe
 
     project = tmp_path / "project"
@@ -132,7 +132,7 @@ def test_manifest_records_no_absolute_path_and_the_fingerprint_is_the_live_recip
     assert on_disk["engine"]["revision"] == "local-sha256:ab"  # the model's identity, unchanged
     assert on_disk["paths"] == portable.NOTE
     # only what is recorded changed: the live recipe's fingerprint is the recorded hash, so
-    # the output resumes (roost.build.check_resumable compares exactly these)
+    # the output resumes (roost.building.runner.check_resumable compares exactly these)
     assert on_disk["recipe_hash"] == fingerprint == build_fingerprint(validate_recipe(raw))
 
 

@@ -26,7 +26,7 @@ def test_release_all_closes_and_empties_every_registered_cache(monkeypatch):
 
 
 def test_the_builds_synthesizers_are_released_with_the_engines():
-    import roost.build
+    import roost.building.runner
     from roost.engines.base import _RELEASERS
 
-    assert roost.build._synthesizer.cache_clear in _RELEASERS
+    assert roost.building.runner._synthesizer.cache_clear in _RELEASERS

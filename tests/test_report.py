@@ -18,9 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from roost.cli import app
+from roost.dataset.writer import DatasetWriter, Reject, write_manifest
 from roost.report import card_markdown, figures, summarize, write_report
 from roost.schemas import PREFERENCE_ROWS, SFT_ROWS, row_id
-from roost.writer import DatasetWriter, Reject, write_manifest
 
 CHROMIUM = Path("/usr/bin/chromium")
 WORDS = ["alpha", "beta", "gamma", "delta", "élan", "naïve", "日本語", "emoji🙂", "x", "longerword"]

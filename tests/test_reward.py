@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from roost.engines import RewardModelConfig
 from roost.scorers.reward import Reward, RewardModelError, RewardScorer, get_reward_scorer
-from roost.tiny_model import corrupt_response, load_seed_conversations
+from roost.tiny.models import corrupt_response, load_seed_conversations
 
 pytestmark = pytest.mark.engine
 

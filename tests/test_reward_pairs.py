@@ -120,7 +120,7 @@ def test_a_quantile_cut_labels_the_rows_of_data_and_the_manifest_counts_them(tmp
     """`difficulty: {quantile}` is decided at the build's end: finish() writes the labels into
     data/ (not only into easy/ and hard/), keeps each shard's provenance, and a second finish
     rewrites nothing."""
-    from roost.writer import DatasetWriter, read_roost_metadata
+    from roost.dataset.writer import DatasetWriter, read_roost_metadata
 
     synth = _synth(difficulty={"quantile": 0.5, "subsets": subsets})
     writer = DatasetWriter(tmp_path / "out", PAIRS, num_shards=3)
@@ -214,7 +214,7 @@ def test_pairs_build_end_to_end_through_the_cli(tmp_path, prompt_file, chatml_en
 
 
 def test_pairs_from_magpie_prompts_and_reproducible_shards(tmp_path, chatml_engine, tiny_chatml_path, tiny_rm_chatml_path):
-    from roost.build import run_shard
+    from roost.building.runner import run_shard
 
     magpie = {"max_rounds": 4, "instruction": {"temperature": 1.0, "max_tokens": 48}}
     raw = _recipe(tiny_chatml_path, tiny_rm_chatml_path, {"magpie": magpie})

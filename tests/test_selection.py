@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from roost.selection import score_order, select_diverse
+from roost.algorithms.selection import score_order, select_diverse
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import yaml
 from typer.testing import CliRunner
 
 from roost.cli import app
-from roost.writer import read_roost_metadata
+from roost.dataset.writer import read_roost_metadata
 
 pytestmark = pytest.mark.engine
 

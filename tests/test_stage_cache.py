@@ -1,4 +1,4 @@
-"""Resumable curation (roost.stage_cache): a killed curation resumes from what it finished,
+"""Resumable curation (roost.curation.cache): a killed curation resumes from what it finished,
 and a cache written for another input, other settings or another embedding model is never
 reused. Real sentence-transformers, FAISS, reward model and Parquet throughout."""
 from __future__ import annotations
@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from procs import power_cut, tagged_env, wait_gone
 
-from roost.curate import curate, preflight
+from roost.curation.runner import curate, preflight
+from roost.dataset.writer import base_manifest, write_manifest
 from roost.errors import OutputMismatch
 from roost.recipe import CurateRecipe
 from roost.schemas import MESSAGES
-from roost.writer import base_manifest, write_manifest
 
 SCHEMA = pa.schema([pa.field("messages", MESSAGES), pa.field("source", pa.string())])
 
@@ -85,7 +85,7 @@ def _same_output(a: Path, b: Path) -> None:
 
 def _model_copy(dest: Path) -> Path:
     """The bundled all-MiniLM-L6-v2 at another path (the weights linked, the small files copied)."""
-    from roost.embeddings import default_embedding_model
+    from roost.engines.embeddings import default_embedding_model
 
     src = Path(default_embedding_model())
     for f in src.rglob("*"):
@@ -162,8 +162,8 @@ def test_cache_is_reused_only_for_the_same_input_settings_and_model(tmp_path, ti
 
 
 def test_a_damaged_entry_is_recomputed_and_a_kill_during_embedding_resumes_from_its_checkpoints(tmp_path, monkeypatch):
-    import roost.stage_cache
-    from roost.embeddings import Embedder
+    import roost.curation.cache
+    from roost.engines.embeddings import Embedder
 
     path = _write(tmp_path / "in.parquet")
     recipe = _recipe(path, batch_size=2)
@@ -178,7 +178,7 @@ def test_a_damaged_entry_is_recomputed_and_a_kill_during_embedding_resumes_from_
     _same_output(out, tmp_path / "ref")
 
     # killed while embedding: parts of 2 rows are written as it goes; the re-run embeds the rest only
-    monkeypatch.setattr(roost.stage_cache, "PART_ROWS", 2)
+    monkeypatch.setattr(roost.curation.cache, "PART_ROWS", 2)
     encode, calls = Embedder.encode, []
 
     def dies_on_the_third_batch(self, texts):
@@ -218,8 +218,8 @@ def test_an_unfinished_output_of_another_recipe_is_taken_over_a_finished_one_is_
     with pytest.raises(OutputMismatch):
         curate(first, out, progress=False)
 
-    from roost.curate import Curation
-    from roost.sources import open_source
+    from roost.curation.runner import Curation
+    from roost.dataset.sources import open_source
 
     m = Curation(first, open_source(str(path)), tmp_path / "off", progress=False, cache=False).run()
     assert set(_status(m).values()) == {"off (caching disabled)"} and not (tmp_path / "off" / ".cache").exists()

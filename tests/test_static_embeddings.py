@@ -26,7 +26,7 @@ def static_dir() -> Path:
     hub endpoint on a closed port."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9",
            "ROOST_CACHE_DIR": str(CACHE), "TQDM_DISABLE": "1"}
-    code = "from roost.embeddings import distill_static; print(distill_static())"
+    code = "from roost.engines.embeddings import distill_static; print(distill_static())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
     return Path(out.stdout.strip().splitlines()[-1])
@@ -39,7 +39,7 @@ def roost_cache(monkeypatch, static_dir):
 
 
 def test_distilled_offline_from_the_bundled_minilm_and_cached(static_dir, roost_cache, monkeypatch):
-    from roost.embeddings import STATIC_PCA_DIMS, _source_digest, default_embedding_model, distill_static
+    from roost.engines.embeddings import STATIC_PCA_DIMS, _source_digest, default_embedding_model, distill_static
 
     assert static_dir.parent == CACHE / "static-models"
     config = json.loads((static_dir / "config.json").read_text())
@@ -65,7 +65,7 @@ def test_distilled_offline_from_the_bundled_minilm_and_cached(static_dir, roost_
 
 
 def test_static_embedder_contract(roost_cache):
-    from roost.embeddings import STATIC_PCA_DIMS, StaticEmbedder, load_embedder
+    from roost.engines.embeddings import STATIC_PCA_DIMS, StaticEmbedder, load_embedder
 
     e = load_embedder("static", batch_size=32)
     assert isinstance(e, StaticEmbedder) and e.dim == STATIC_PCA_DIMS
@@ -91,8 +91,8 @@ def test_static_dedup_finds_planted_near_duplicates(roost_cache):
     measures the agreement with MiniLM on 18k texts; here the planted pairs are the truth."""
     from static_corpus import plant_near_duplicates, stdlib_docstrings
 
-    from roost.embeddings import STATIC_DEDUP_THRESHOLD, StaticEmbedder
-    from roost.filters.semantic_dedup import semantic_dedup
+    from roost.algorithms.semantic_dedup import semantic_dedup
+    from roost.engines.embeddings import STATIC_DEDUP_THRESHOLD, StaticEmbedder
 
     base = list(dict.fromkeys(stdlib_docstrings()[:2000]))
     texts, planted = plant_near_duplicates(base, frac=0.1, seed=3)
@@ -110,8 +110,8 @@ def test_static_dedup_finds_planted_near_duplicates(roost_cache):
 
 
 def test_curation_with_static_embeddings(tmp_path, roost_cache):
-    from roost.curate import curate
-    from roost.embeddings import STATIC_DEDUP_THRESHOLD
+    from roost.curation.runner import curate
+    from roost.engines.embeddings import STATIC_DEDUP_THRESHOLD
     from roost.recipe import CurateRecipe
     from roost.schemas import MESSAGES
 
@@ -140,7 +140,8 @@ def test_curation_with_static_embeddings(tmp_path, roost_cache):
 def test_cached_static_embeddings_are_keyed_by_what_the_distilled_model_is_made_of(monkeypatch):
     """A resumed curation reads cached embeddings only if the static model would be the same:
     the source model's bytes, the PCA size and the model2vec version are in the key."""
-    from roost import embeddings, stage_cache
+    from roost.curation import cache as stage_cache
+    from roost.engines import embeddings
     from roost.recipe import CurateRecipe, validate
 
     static = validate(CurateRecipe, {"embedding": {"model": "static"}}, "t")

@@ -42,7 +42,7 @@ def _recipe(tmp_path: Path, model: Path) -> Path:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, chatml_engine, tiny_chatml_path):
     """The rows of an uninterrupted build of the recipe (same seed), made in this process."""
-    from roost.build import build_here
+    from roost.building.runner import build_here
     from roost.recipe import load_recipe
 
     tmp = tmp_path_factory.mktemp("reference")

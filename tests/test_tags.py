@@ -17,12 +17,21 @@ import yaml
 from typer.testing import CliRunner
 
 from roost.cli import app
+from roost.dataset.portable import portable_path
 from roost.errors import ConfigError
 from roost.judges.tags import (
-    ALL_TAGS, DIFFICULTY, INPUT_QUALITY, LANGUAGES, TASK_CATEGORIES, TASKS, build_tasks, default_schema, fill,
-    parse_rules, tag_specs,
+    ALL_TAGS,
+    DIFFICULTY,
+    INPUT_QUALITY,
+    LANGUAGES,
+    TASK_CATEGORIES,
+    TASKS,
+    build_tasks,
+    default_schema,
+    fill,
+    parse_rules,
+    tag_specs,
 )
-from roost.portable import portable_path
 from roost.schemas import MESSAGES
 
 ALLOWED = {"task_category": set(TASK_CATEGORIES), "difficulty": set(DIFFICULTY), "input_quality": set(INPUT_QUALITY),
@@ -176,7 +185,7 @@ def test_tags_on_sft_rows_are_all_valid_and_recorded(tmp_path, chatml_engine, ti
     manifest = json.loads((out / "manifest.json").read_text())
     st = next(s for s in manifest["stages"] if s["name"] == "tags")
     tagger = st["settings"]["tagger"]
-    # the manifest records the model path portably (roost.portable), its identity by revision
+    # the manifest records the model path portably (roost.dataset.portable), its identity by revision
     assert tagger["model"] == portable_path(str(tiny_chatml_path), out) and tagger["revision"].startswith("local-sha256:")
     assert tagger["structured_outputs"] == {"backend": "guidance", "disable_any_whitespace": True}
     assert tagger["decoding"] == {"temperature": 0.0, "max_tokens": 1024}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from roost.synthesizers.templates import (
+from roost.synthesizers.common.templates import (
     TemplateError,
     find_override,
     first_turn_template,

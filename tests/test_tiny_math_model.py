@@ -1,4 +1,4 @@
-"""The tiny math model (roost.tiny_math_model): real vLLM sampling on shipped problems gets
+"""The tiny math model (roost.tiny.math_model): real vLLM sampling on shipped problems gets
 some right and some wrong, in the step format, which is what Step-DPO needs of a policy."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_build_is_reused(tiny_math_path):
 
     from transformers import AutoTokenizer
 
-    from roost.tiny_math_model import TinyMathSpec, build_tiny_math_model
+    from roost.tiny.math_model import TinyMathSpec, build_tiny_math_model
 
     stamp = tiny_math_path / "roost_tiny_spec.json"
     before = stamp.stat().st_mtime_ns
@@ -33,7 +33,7 @@ def test_build_is_reused(tiny_math_path):
 
 
 def test_solves_some_shipped_problems_not_all(math_engine):
-    from roost.tiny_math_model import load_shipped_problems, measure
+    from roost.tiny.math_model import load_shipped_problems, measure
 
     problems = load_shipped_problems(100)
     report = measure(math_engine, problems, Sampling(max_tokens=160, temperature=0.8, top_p=0.95), seed=0)

@@ -157,7 +157,7 @@ def test_the_recipe_puts_question_plus_instruction_in_the_policy_chat_template(t
 
     from roost.engines.base import render_chat
     from roost.reasoning.arithmetic import make_problems
-    from roost.tiny_math_model import conversation
+    from roost.tiny.math_model import conversation
 
     recipe = load_recipe(RECIPE)
     cfg = recipe.synthesizer
@@ -285,8 +285,8 @@ def test_reward_pairs_verifier_end_to_end_from_the_recipe(tmp_path, tiny_math_pa
         assert 0 < row["solve_rate"] < 1 and len(row["all_verdicts"]) == 4
 
     import datasets
-    from trl import DPOConfig, DPOTrainer
     from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
 
     ds = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
     assert {"prompt", "chosen", "rejected"} <= set(ds.column_names) and len(ds) == len(data)

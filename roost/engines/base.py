@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 # Seconds an engine's processes get to end when it is closed (None: the engine library's own
-# default). A stopped run (roost.stopping) sets it low: nothing in flight is worth waiting for.
+# default). A stopped run (roost.runtime.stopping) sets it low: nothing in flight is worth waiting for.
 SHUTDOWN_GRACE: float | None = None
 
 

@@ -454,7 +454,7 @@ def get_engine(config: EngineConfig) -> VLLMEngine:
     with _ENGINES_LOCK:
         key = config.identity()
         if key not in _ENGINES:
-            from roost.logs import engine_start
+            from roost.runtime.logs import engine_start
 
             with engine_start():  # what vLLM's processes print goes to the log file
                 _ENGINES[key] = VLLMEngine(config)

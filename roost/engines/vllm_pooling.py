@@ -53,7 +53,7 @@ class VLLMPoolingEngine:
 
     def __init__(self, config: RewardModelConfig, *, dtype: str, max_model_len: int | None,
                  pad_token_id: int | None):
-        from roost.logs import engine_start
+        from roost.runtime.logs import engine_start
 
         with engine_start():  # what vLLM's processes print goes to the log file
             self._start(config, dtype, max_model_len)

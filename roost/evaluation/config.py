@@ -10,7 +10,7 @@ from roost.engines.config import EngineConfig, RewardModelConfig
 from roost.judges.pairwise import PairwiseJudgeConfig
 from roost.reasoning import prompting
 from roost.reasoning.problems import Problems
-from roost.synthesizers.prompted import PromptSource
+from roost.synthesizers.common.prompted import PromptSource
 
 
 class EvalSet(Problems):

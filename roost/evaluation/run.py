@@ -24,11 +24,11 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from roost import stopping
 from roost.errors import InputError, OutputMismatch
 from roost.evaluation.config import EvalRecipe
 from roost.evaluation.verifiable import OUTCOMES, majority, metric_names, summarize
 from roost.reasoning.problems import BadProblem, Problem, ProblemRows
+from roost.runtime import stopping
 
 SUMMARY = "summary.json"
 
@@ -39,8 +39,8 @@ def _part(out: Path, i: int) -> Path:
 
 def run_eval(recipe: EvalRecipe, out: str | Path, *, say: Callable[[str], None] = lambda s: None) -> dict:
     from roost import __version__
+    from roost.dataset.writer import _with_meta, atomic_write_bytes, atomic_write_table, read_roost_metadata
     from roost.engines import get_engine
-    from roost.writer import _with_meta, atomic_write_bytes, atomic_write_table, read_roost_metadata
 
     out = Path(out)
     key = recipe.fingerprint()
@@ -113,8 +113,8 @@ def _recipe_record(recipe: EvalRecipe) -> dict:
 def _run_open_ended_only(recipe: EvalRecipe, out: Path, key: str, say: Callable[[str], None]) -> dict:
     """An eval recipe without `problems`: the open-ended half alone (roost.evaluation.winrate)."""
     from roost import __version__
+    from roost.dataset.writer import atomic_write_bytes
     from roost.evaluation import winrate
-    from roost.writer import atomic_write_bytes
 
     t0 = time.perf_counter()
     section, engine = winrate.run_open_ended(recipe, out, say=say)
@@ -134,7 +134,7 @@ def read_summary(out: str | Path) -> dict | None:
 
 
 def check_resumable(recipe: EvalRecipe, out: Path) -> None:
-    from roost.writer import read_roost_metadata
+    from roost.dataset.writer import read_roost_metadata
 
     key = recipe.fingerprint()
     old = read_summary(out)

@@ -2,7 +2,7 @@
 report on AlpacaEval 2 / MT-Bench-style prompts).
 
 For each prompt (a dataset's conversation up to its last user turn, read as a synthesizer's
-`prompts:` are, roost.synthesizers.prompted.PromptRows):
+`prompts:` are, roost.synthesizers.common.prompted.PromptRows):
 - the evaluated model answers once (`open_ended.sampling`, greedy by default), seeded with
   `derive_seed(seed, "open_ended", part)`;
 - so does the reference: another model (`reference: {model: {...}}`, e.g. the base model before
@@ -198,7 +198,7 @@ class Item:
 def open_prompts(cfg):
     """The prompts dataset (PromptRows), opened and checked; errors name open_ended.prompts."""
     from roost.errors import InputError
-    from roost.synthesizers.prompted import PromptRows
+    from roost.synthesizers.common.prompted import PromptRows
 
     try:
         return PromptRows(cfg.prompts, who="open-ended eval")
@@ -398,8 +398,8 @@ def read_section(out: str | Path) -> dict | None:
 def check_resumable(recipe, out: Path) -> None:
     """Open-ended parts in OUT made by other settings: refused, one line (OUT/summary.json is
     checked by roost.evaluation.run.check_resumable)."""
+    from roost.dataset.writer import read_roost_metadata
     from roost.errors import OutputMismatch
-    from roost.writer import read_roost_metadata
 
     folder = out / DIR / "outcomes"
     parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
@@ -415,9 +415,9 @@ def run_open_ended(recipe, out: str | Path, *, say: Callable[[str], None] = lamb
     the evaluated model's engine or None when every part was done before)."""
     import pyarrow.parquet as pq
 
+    from roost.dataset.writer import _with_meta, atomic_write_bytes, atomic_write_table, read_roost_metadata
     from roost.engines import get_engine
     from roost.errors import InputError
-    from roost.writer import _with_meta, atomic_write_bytes, atomic_write_table, read_roost_metadata
 
     out, cfg, key = Path(out), recipe.open_ended, recipe.fingerprint()
     check_resumable(recipe, out)

@@ -2,7 +2,7 @@
 
 Shards run one after another in this process because they share its engines; with the
 recipe's `executor: {kind: ray}` (`roost build --ray ADDRESS`) one task hands them to Ray
-workers instead, each holding one engine (roost.ray_executor). Either way each shard is
+workers instead, each holding one engine (roost.building.on_ray). Either way each shard is
 independent (its own seed, its own files) and the manifest is finished here.
 """
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from roost import artifacts, build as work, stopping
+from roost.building import runner as work
+from roost.flows import artifacts
 from roost.recipe import Recipe
+from roost.runtime import stopping
 
 
 @task(name="build-shard", cache_policy=NO_CACHE, task_run_name="shard-{index}")
@@ -21,7 +23,7 @@ def build_shard(recipe: Recipe, out: str, index: int) -> dict:
 
 @task(name="build-shards-on-ray", cache_policy=NO_CACHE)
 def build_shards_on_ray(recipe: Recipe, out: str, pending: list[int], num_shards: int) -> dict:
-    from roost.ray_executor import run_on_ray
+    from roost.building.on_ray import run_on_ray
 
     return run_on_ray(recipe, out, pending, num_shards)
 

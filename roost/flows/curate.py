@@ -8,9 +8,10 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from roost import artifacts, stopping
-from roost.curate import curate
+from roost.curation.runner import curate
+from roost.flows import artifacts
 from roost.recipe import CurateRecipe
+from roost.runtime import stopping
 
 
 @task(name="curate", cache_policy=NO_CACHE)

@@ -6,9 +6,9 @@ import sys
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from roost import stopping
 from roost.evaluation import run as work
 from roost.evaluation.config import EvalRecipe
+from roost.runtime import stopping
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

@@ -1,4 +1,4 @@
-"""Prefect flow for `roost iterate`: thin wiring over roost.iterate (build as a subflow, then
+"""Prefect flow for `roost iterate`: thin wiring over roost.building.iterate (build as a subflow, then
 the user's training command as a task, then the held-out evaluation as a subflow, per iteration)."""
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from roost import iterate as work, stopping
+from roost.building import iterate as work
 from roost.flows.build import build_flow
 from roost.flows.evaluate import eval_flow
 from roost.recipe import LoopConfig, Recipe
+from roost.runtime import stopping
 
 
 @task(name="train", cache_policy=NO_CACHE, task_run_name="train-{log.parent.name}")

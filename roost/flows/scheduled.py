@@ -1,5 +1,5 @@
 """Prefect flow that `roost serve` deploys on a schedule: build, then optionally curate and
-publish, into a new dated directory per run (roost.runs). The recipes travel as the
+publish, into a new dated directory per run (roost.flows.runs). The recipes travel as the
 deployment's parameters, frozen when `roost serve` started, so the Prefect UI shows exactly
 what each run makes; a run started by hand may pass edited ones."""
 from __future__ import annotations
@@ -11,11 +11,12 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from roost import logs, runs
 from roost.engines import release_all
+from roost.flows import runs
 from roost.flows.build import build_flow
 from roost.flows.curate import curate_flow
 from roost.recipe import CurateRecipe, validate, validate_recipe
+from roost.runtime import logs
 
 
 @flow(name="roost-scheduled", log_prints=True)

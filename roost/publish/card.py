@@ -3,7 +3,7 @@ classes: `DatasetCardData` for the YAML header (configs, license, language, task
 and `DatasetCard.from_template` with `templates/dataset_card.md` for the body.
 
 No absolute path of the machine that made the data: local paths are written as
-roost.portable records them.
+roost.dataset.portable records them.
 
 Deterministic: everything comes from the output's own files (manifests, Parquet shards, the
 report's figures), never from the clock, so publishing the same output twice gives the same
@@ -87,10 +87,10 @@ LANGUAGE_SAMPLE = 1000  # rows read for the language, spread over the shards
 
 def languages(source: Source) -> list[str]:
     """ISO 639-1 codes of the languages the rows are written in, detected from their text
-    (roost.languages: by script, Latin by common words; each language of >= 10% of a sample of
+    (roost.dataset.languages: by script, Latin by common words; each language of >= 10% of a sample of
     rows). Rows without letters fall back to the languages recorded on them (Magpie's
     `language`), else the recipe's, else en."""
-    from roost.languages import detect
+    from roost.dataset.languages import detect
 
     part = source.default
     found = detect(row_texts(part, LANGUAGE_SAMPLE))
@@ -149,7 +149,7 @@ def models(source: Source) -> list[dict[str, str]]:
     """Every model the manifest(s) record with its revision: policy, reward model, judge,
     deita scorers, embedding model (roles named by where they sit in the manifest; one row
     per model and revision), and for a curated output the models that made its input."""
-    from roost.lineage import generator, manifest_models
+    from roost.dataset.lineage import generator, manifest_models
 
     found: list[dict[str, str]] = []
     manifests = source.iterations or [source.manifest]
@@ -175,8 +175,8 @@ def models(source: Source) -> list[dict[str, str]]:
 def input_provenance(source: Source) -> dict[str, Any] | None:
     """What made a curated output's input: recorded in its manifest (`input_provenance`), or,
     for an output curated before roost recorded it, read from the input if it is still there."""
-    from roost.lineage import input_provenance as read
-    from roost.portable import portable
+    from roost.dataset.lineage import input_provenance as read
+    from roost.dataset.portable import portable
 
     m = source.manifest
     if m.get("input_provenance") or source.kind != "curated":
@@ -218,7 +218,7 @@ def facts(source: Source) -> list[str]:
 def _input_facts(provenance: dict[str, Any] | None) -> list[str]:
     """What made a curated output's input: the build at the start of the chain (synthesizer,
     recipe, policy and revision), and the curations between."""
-    from roost.lineage import generator
+    from roost.dataset.lineage import generator
 
     made, curations = generator(provenance)
     out = []
@@ -261,8 +261,8 @@ def config_rows(source: Source) -> list[dict[str, Any]]:
 
 def examples(part: Part, n: int = 3, out: Path | None = None) -> list[str]:
     """The first n rows of `part` as fenced JSON blocks (long strings cut; a value that is a
-    local path, such as a row's `model`, as roost.portable records it)."""
-    from roost.portable import portable
+    local path, such as a row's `model`, as roost.dataset.portable records it)."""
+    from roost.dataset.portable import portable
 
     rows: list[dict] = []
     for f in part.files:
@@ -325,7 +325,7 @@ def render(source: Source, repo_id: str, *, license: str | None, report_markdown
     """The DatasetCard (call `.save(path)`)."""
     from huggingface_hub import DatasetCard
 
-    from roost.portable import portable, portable_text
+    from roost.dataset.portable import portable, portable_text
 
     license = license or (source.recipe or {}).get("license") or DEFAULT_LICENSE
     data = card_data(source, license)

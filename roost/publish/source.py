@@ -12,7 +12,7 @@ Every output maps onto the Hub's layout the same way:
 
 An `roost iterate` OUT publishes every iteration: `iter-<t>/data/` (config `iter-<t>`),
 its subsets and rejects (`iter-<t>-<name>`), its manifest (`iter-<t>/manifest.json`), and
-`iterations.json`; `default` is the last iteration's data. Manifests are read as roost.portable
+`iterations.json`; `default` is the last iteration's data. Manifests are read as roost.dataset.portable
 records them (an output written by an older roost may hold absolute paths; the staged copy does not). A config whose files hold no rows
 (e.g. a build with no rejects) is left out: `datasets` cannot load an empty config.
 """
@@ -25,8 +25,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from roost.dataset.portable import portable
 from roost.errors import InputError
-from roost.portable import portable
 
 
 class NotARoostOutput(InputError):

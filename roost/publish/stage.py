@@ -1,7 +1,7 @@
 """Stage the folder that is uploaded: one function, used by `--dry-run DIR` and by the upload.
 
 The Parquet shards and manifests are hard links to OUT's files (copies across file systems; a
-manifest that still holds an absolute path is a copy with it made portable, roost.portable);
+manifest that still holds an absolute path is a copy with it made portable, roost.dataset.portable);
 nothing in OUT is written. The card, the recipe as YAML and the report's figures are new files.
 """
 from __future__ import annotations
@@ -99,12 +99,12 @@ def _write(source: Source, root: Path, *, repo_id: str, license: str | None) -> 
 
 
 def _stage_json(src: Path, dst: Path) -> int:
-    """A manifest (or iterations.json) as roost.portable records it: hard-linked when it already
+    """A manifest (or iterations.json) as roost.dataset.portable records it: hard-linked when it already
     is (1), else a copy with its absolute paths made portable (0): an output written by an
     older roost, or the training commands and model paths of an iterate loop."""
     import json
 
-    from roost.portable import portable
+    from roost.dataset.portable import portable
 
     try:
         data = json.loads(src.read_text())

@@ -63,7 +63,7 @@ class ProblemRows:
     """The problem input, opened and checked once; one slice read at a time."""
 
     def __init__(self, config: Problems):
-        from roost.sources import open_source
+        from roost.dataset.sources import open_source
 
         self.config = config
         self.source = open_source(config.path, split=config.split, config=config.config, revision=config.revision)

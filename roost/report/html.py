@@ -11,11 +11,11 @@ from typing import Any
 import jinja2
 
 from roost import __version__
+from roost.dataset.writer import atomic_write_bytes
 from roost.errors import ConfigError
 from roost.report.columns import REMOVED_SIMILARITY
 from roost.report.plots import TITLES, figures
 from roost.report.summary import SAMPLE_CHARS, Summary, summarize
-from roost.writer import atomic_write_bytes
 
 REPORT_DIR = "report"
 FIGURES_DIR = "figures"

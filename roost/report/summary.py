@@ -180,7 +180,7 @@ def _input_manifest(output: Output) -> tuple[Path, dict[str, Any]] | None:
     given = source.get("path") if isinstance(source, dict) else None
     if not isinstance(given, str) or "://" in given:
         return None
-    for base in (Path.cwd(), output.root.resolve(), *output.root.resolve().parents):  # roost.portable: ../x
+    for base in (Path.cwd(), output.root.resolve(), *output.root.resolve().parents):  # roost.dataset.portable: ../x
         folder = base / given
         if (folder / "manifest.json").is_file() and folder.resolve() != output.root.resolve():
             try:

@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import model_validator
 
+from roost.algorithms.base import Drop
 from roost.config import Strict, canonical
-from roost.filters.base import Drop
+from roost.dataset.rows import VIEWS, Parsed
 from roost.registry import Registry
-from roost.rows import VIEWS, Parsed
 
-# Shared by the stages' configs: which text of a row a stage reads (roost.rows.VIEWS; auto:
+# Shared by the stages' configs: which text of a row a stage reads (roost.dataset.rows.VIEWS; auto:
 # the first instruction for SFT rows, the prompt for preference rows), and a model given by
 # its path or hub id alone.
 View = Literal[("auto",) + VIEWS]  # type: ignore[valid-type]

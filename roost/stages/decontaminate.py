@@ -7,12 +7,12 @@ splits: GSM8K, MATH, HumanEval, MT-Bench prompts, ...).
       benchmarks:
         - {name: gsm8k-test, path: data/gsm8k_test.jsonl, text_column: question}
         - {name: gsm8k-hub, path: hf://openai/gsm8k, config: main, split: test, text_column: question}
-      ngram: {n: 13, min_overlap: 0.5, min_words: 8}   # roost.filters.decontaminate
+      ngram: {n: 13, min_overlap: 0.5, min_words: 8}   # roost.algorithms.decontaminate
       embedding: {threshold: 0.9}            # nearest benchmark item by cosine similarity
 
 Two checks, in this order; a row removed by the first is not embedded:
 
-- `contaminated_ngram`: word n-gram overlap (roost.filters.decontaminate): the share of a
+- `contaminated_ngram`: word n-gram overlap (roost.algorithms.decontaminate): the share of a
   benchmark item's words that lie in n-grams also found in the row is >= `ngram.min_overlap`.
   Catches verbatim copies, also inside longer text and in any language. An item shorter than
   `n` words counts when the row contains it whole; one shorter than `min_words` only when the
@@ -20,7 +20,7 @@ Two checks, in this order; a row removed by the first is not embedded:
 - `contaminated_embedding`: the row's view (never its responses) embedded with the run's
   embedding model (`embedding:` of the recipe, as semantic dedup) has a benchmark item at cosine
   similarity >= `embedding.threshold`, searched exactly in a FAISS index of the benchmark items
-  (roost.filters.semantic_dedup.ReferenceIndex). Catches copies with changed numbers or
+  (roost.algorithms.semantic_dedup.ReferenceIndex). Catches copies with changed numbers or
   names and close paraphrases; bench/bench_decontaminate.py measures both on planted data.
   The model reads only the start of a long text (all-MiniLM-L6-v2: 256 tokens); the n-gram
   check reads all of it.
@@ -45,9 +45,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from roost.algorithms.decontaminate import NgramIndex
 from roost.config import Strict, canonical, throughput
 from roost.errors import UserError
-from roost.filters.decontaminate import NgramIndex
 from roost.stages.base import STAGES, Annotation, Annotator, Drop, StageConfig, View
 
 
@@ -153,7 +153,7 @@ class _Bad(Exception):
 
 
 def _read_local(cfg: BenchmarkSet) -> tuple[list[dict], list[str], dict]:
-    from roost.sources import open_source
+    from roost.dataset.sources import open_source
 
     try:
         source = open_source(cfg.path, split=cfg.split)
@@ -263,7 +263,7 @@ class Decontaminate(Annotator):
         if self._reference is None:
             import time
 
-            from roost.filters.semantic_dedup import ReferenceIndex
+            from roost.algorithms.semantic_dedup import ReferenceIndex
 
             t0 = time.perf_counter()
             x = self.context.embedder().encode(self.texts)

@@ -6,7 +6,7 @@ from typing import Literal
 
 import numpy as np
 
-from roost.filters.exact_dedup import dedup_digests
+from roost.algorithms.exact_dedup import dedup_digests
 from roost.stages.base import STAGES, Digest, SetDecision, SetStage, StageConfig, Survivors, View
 
 

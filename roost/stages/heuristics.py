@@ -5,8 +5,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from roost.filters.base import FilterStep
-from roost.filters.heuristics import BrokenTextFilter, LengthFilter, NotARequestFilter, RepeatedNgramFilter
+from roost.algorithms.base import FilterStep
+from roost.algorithms.heuristics import BrokenTextFilter, LengthFilter, NotARequestFilter, RepeatedNgramFilter
 from roost.stages.base import STAGES, Drop, RowFilter, StageConfig
 
 

@@ -1,4 +1,4 @@
-"""`selection`: deita's score-first, diversity-aware selection (roost.selection): best score
+"""`selection`: deita's score-first, diversity-aware selection (roost.algorithms.selection): best score
 first, keep a row only if its cosine similarity to every kept row is <= tau, up to a budget."""
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class Selection(SetStage):
         return [pa.field("selection_rank", pa.int64()), pa.field("nearest_kept_similarity", pa.float64())]
 
     def run(self, s: Survivors) -> SetDecision:
-        from roost.selection import select_diverse
+        from roost.algorithms.selection import select_diverse
 
         name, values = self.context.scores(self, s, self.config.score)
         result = select_diverse(s.features[Embedding(self.view)],

@@ -1,5 +1,5 @@
 """`semantic_dedup`: near-duplicates by embedding similarity (sentence-transformers + FAISS,
-see roost.filters.semantic_dedup); adds Magpie's diversity tags to every surviving row."""
+see roost.algorithms.semantic_dedup); adds Magpie's diversity tags to every surviving row."""
 from __future__ import annotations
 
 from typing import Literal
@@ -15,13 +15,13 @@ class SemanticDedupConfig(StageConfig):
     kind: Literal["semantic_dedup"]
     view: View = "auto"
     # cosine similarity at or above which rows duplicate; default: the embedding model's own
-    # (0.9 for MiniLM, the mapped value for static embeddings: roost.embeddings.dedup_threshold)
+    # (0.9 for MiniLM, the mapped value for static embeddings: roost.engines.embeddings.dedup_threshold)
     threshold: float | None = Field(None, gt=0, le=1)
     k: int = Field(16, ge=1)
     index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
 
     def as_fingerprinted(self, recipe) -> "SemanticDedupConfig":
-        from roost.embeddings import dedup_threshold
+        from roost.engines.embeddings import dedup_threshold
 
         if self.threshold is not None and self.threshold == dedup_threshold(recipe.embedding.model, recipe.embedding.kind):
             return self.model_copy(update={"threshold": None})
@@ -51,13 +51,13 @@ class SemanticDedup(SetStage):
     def threshold(self) -> float:
         if self.config.threshold is not None:
             return self.config.threshold
-        from roost.embeddings import dedup_threshold
+        from roost.engines.embeddings import dedup_threshold
 
         cfg = self.context.recipe.embedding
         return dedup_threshold(cfg.model, cfg.kind)
 
     def run(self, s: Survivors) -> SetDecision:
-        from roost.filters.semantic_dedup import semantic_dedup
+        from roost.algorithms.semantic_dedup import semantic_dedup
 
         cfg = self.config
         n = len(s)

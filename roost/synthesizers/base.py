@@ -20,11 +20,11 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from roost.config import DatasetInput, Strict
+from roost.dataset.writer import Reject
 from roost.engines.base import derive_seed
 from roost.errors import ConfigError, InputError
 from roost.registry import Registry
 from roost.schemas import RowSchema
-from roost.writer import Reject
 
 SYNTHESIZERS = Registry("roost.synthesizers", "synthesizer")
 
@@ -39,7 +39,7 @@ class InputRows:
     reason. Subclasses read other shapes by overriding `_detect` and `_parse`."""
 
     def __init__(self, config: DatasetInput, accepts: tuple[str, ...], who: str):
-        from roost.rows import check_share
+        from roost.dataset.rows import check_share
 
         self.config = config
         self.source = config.open()
@@ -54,12 +54,12 @@ class InputRows:
         check_share(sample, self.shape, config.max_bad_share, config.path, sampled=self.total > len(sample))
 
     def _detect(self, schema: pa.Schema):
-        """The input's roost.rows.Shape."""
+        """The input's roost.dataset.rows.Shape."""
         return self.config.shape(schema)
 
     def _parse(self, row: dict):
         """(Parsed or None, problem or None) of one row."""
-        from roost.rows import parse
+        from roost.dataset.rows import parse
 
         return parse(row, self.shape)
 

@@ -21,15 +21,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from roost.algorithms.base import FilterStep
 from roost.config import SamplingConfig, Strict
+from roost.dataset.writer import Reject
 from roost.engines.base import Completion, Engine, derive_seed, generate_grouped, render_chat
-from roost.filters.base import FilterStep
 from roost.schemas import SFT_ROWS, row_id
-from roost.synthesizers import instruction_rules as rules
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, Synthesizer, SynthesizerConfig
-from roost.synthesizers.magpie_prompts import MULTI_TURN_PROMPT, TASK_PROMPTS, language_prompt
-from roost.synthesizers.templates import first_turn_template, pre_query, turn_markers
-from roost.writer import Reject
+from roost.synthesizers.common import instruction_rules as rules
+from roost.synthesizers.common.magpie_prompts import MULTI_TURN_PROMPT, TASK_PROMPTS, language_prompt
+from roost.synthesizers.common.templates import first_turn_template, pre_query, turn_markers
 
 
 class WeightedPrompt(Strict):

@@ -22,7 +22,7 @@ rejects with that reason.
 
 With `scorer: {kind: verifier}` (roost.scorers.verifier; iterative DPO on verifiable tasks,
 Step-DPO's outcome-level baseline) the prompts are problems with gold answers (`prompts:
-{path, answer_column, convention, instruction}`, roost.synthesizers.prompted) and a response's
+{path, answer_column, convention, instruction}`, roost.synthesizers.common.prompted) and a response's
 reward is 1 if math-verify finds its final `\\boxed{}` answer right, else 0 (plus an optional
 format term): K samples become right-vs-wrong pairs. A tie-break (length by default, or a
 reward model) orders responses of equal reward; it never makes a pair by itself: `margin`
@@ -42,13 +42,12 @@ import pyarrow as pa
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from roost.config import SamplingConfig, Strict
+from roost.dataset.writer import Reject
 from roost.engines.config import EngineConfig, RewardModelConfig
 from roost.schemas import PREFERENCE_ROWS, row_id
 from roost.scorers.verifier import VERIFIER_COLUMNS, VerifierConfig, same_outcome, verifier_columns
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, SynthesizerConfig
-from roost.synthesizers.prompted import RESPONSE_RULES, SAMPLED, PromptedSynthesizer, PromptSource
-from roost.writer import Reject
-
+from roost.synthesizers.common.prompted import RESPONSE_RULES, SAMPLED, PromptedSynthesizer, PromptSource
 
 PAIRS = PREFERENCE_ROWS.extend([
     pa.field("prompt_id", pa.string()),  # the input row (or Magpie conversation) the prompt came from
@@ -317,7 +316,7 @@ class RewardPairs(PromptedSynthesizer):
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        from roost.writer import atomic_write_table
+        from roost.dataset.writer import atomic_write_table
 
         cfg = self.config.difficulty
         paths = [writer.data_path(i) for i in range(writer.num_shards)]

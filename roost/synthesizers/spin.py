@@ -33,10 +33,10 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from roost.config import DatasetInput, SamplingConfig
+from roost.dataset.writer import Reject
 from roost.schemas import MESSAGES, PREFERENCE_ROWS, row_id
 from roost.synthesizers.base import SYNTHESIZERS, InputRows, Shard, ShardOutput, Synthesizer, SynthesizerConfig
-from roost.synthesizers.prompted import RESPONSE_RULES, SAMPLED
-from roost.writer import Reject
+from roost.synthesizers.common.prompted import RESPONSE_RULES, SAMPLED
 
 SPIN_ROWS = PREFERENCE_ROWS.extend([
     pa.field("real", MESSAGES),  # SPIN's columns: the conversation ending in the gold answer...

@@ -13,7 +13,7 @@ For each prompt (uclaml/SPPO's scripts, see shared/reference/self-play-and-step-
   - `verifier`: Bradley-Terry on verifiable rewards (roost.scorers.verifier: 1 if math-verify
     finds the final `\\boxed{}` answer right, else 0, plus an optional format term and a
     tie-break term far below any reward difference), on problems with gold answers
-    (`prompts: {path, answer_column, convention, instruction}`, roost.synthesizers.prompted).
+    (`prompts: {path, answer_column, convention, instruction}`, roost.synthesizers.common.prompted).
     `all_scores` holds the verifier's rewards, the rows carry the verdicts (VERIFIER_COLUMNS),
     and a prompt whose graded samples all have the same reward (all right or all wrong) is a
     reject, `all_correct` / `all_wrong`: a tie-break alone makes no pair;
@@ -52,13 +52,13 @@ import pyarrow as pa
 from pydantic import Field
 
 from roost.config import SamplingConfig, Strict
+from roost.dataset.writer import Reject
 from roost.engines.config import EngineConfig, RewardModelConfig
 from roost.judges.pairwise import PairwiseJudgeConfig
 from roost.schemas import MESSAGES, PREFERENCE_ROWS, row_id
 from roost.scorers.verifier import VERIFIER_COLUMNS, VerifierConfig, same_outcome, verifier_columns
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, SynthesizerConfig
-from roost.synthesizers.prompted import RESPONSE_RULES, SAMPLED, PromptedSynthesizer, PromptSource
-from roost.writer import Reject
+from roost.synthesizers.common.prompted import RESPONSE_RULES, SAMPLED, PromptedSynthesizer, PromptSource
 
 PROB_COLUMNS = ("chosen_probs", "chosen_probs_win", "chosen_probs_lose")
 
@@ -387,7 +387,7 @@ class Sppo(PromptedSynthesizer):
         """The sppo/ subset (SPPO's own columns), shard for shard, and the build's win-rate means."""
         import pyarrow.parquet as pq
 
-        from roost.writer import atomic_write_table
+        from roost.dataset.writer import atomic_write_table
 
         sums, n = Counter(), 0
         for i in range(writer.num_shards):

@@ -59,18 +59,26 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from roost.config import SamplingConfig, Strict
-from roost.engines.config import EngineConfig
+from roost.dataset.writer import Reject
 from roost.engines.base import derive_seed, render_chat
+from roost.engines.config import EngineConfig
 from roost.reasoning import prompting
 from roost.reasoning.answers import grade
 from roost.reasoning.problems import BadProblem, Problem, ProblemRows, Problems
 from roost.reasoning.step_check import BuiltinKind, Checker, Verdict, checker, load_function
-from roost.reasoning.steps import (Estimate, Search, continuation_steps, first_step_of, header_pattern, join_steps,
-                                   locate, split_steps)
+from roost.reasoning.steps import (
+    Estimate,
+    Search,
+    continuation_steps,
+    first_step_of,
+    header_pattern,
+    join_steps,
+    locate,
+    split_steps,
+)
 from roost.schemas import RowSchema, row_id
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, Synthesizer, SynthesizerConfig
-from roost.synthesizers.prompted import SAMPLED
-from roost.writer import Reject
+from roost.synthesizers.common.prompted import SAMPLED
 
 ESTIMATE = pa.struct([("k", pa.int64()), ("p", pa.float64()), ("rollouts", pa.int64()), ("correct", pa.int64())])
 STEP_CHECK = pa.struct([

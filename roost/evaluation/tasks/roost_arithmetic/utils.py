@@ -10,7 +10,7 @@ def load_dataset(start: int = 2000, stop: int = 2100, data_file: str | None = No
     roost's install) as a one-split DatasetDict. Extra keywords are lm-eval's task metadata."""
     import datasets
 
-    from roost.tiny_math_model import SHIPPED_PROBLEMS
+    from roost.tiny.math_model import SHIPPED_PROBLEMS
 
     path = Path(data_file) if data_file else SHIPPED_PROBLEMS
     with open(path) as f:
@@ -26,7 +26,7 @@ def gold(doc: dict) -> str:
 
 def process_results(doc: dict, results: list[str]) -> dict:
     """exact_match: the last \\boxed{} of the completion is the `#### N` gold, as an integer
-    (what roost.tiny_math_model.final_answer compares)."""
+    (what roost.tiny.math_model.final_answer compares)."""
     from roost.reasoning.answers import last_boxed
 
     return {"exact_match": float(_integer(last_boxed(results[0])) == int(gold(doc)))}
