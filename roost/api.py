@@ -16,7 +16,7 @@ Each call is the command's: the same recipe (built from the same options, in one
 any model loads, the same fingerprints, and the same resume: calling it again into the same
 `out` keeps what is finished and does only the rest (nothing, if it all is). It holds `out`
 (roost.runtime.runlock), so it and a `roost` command never write one output at once. It needs no
-Prefect server: it runs the plain functions the command's flows wire (roost.building.runner.build_here,
+Prefect server: it runs the plain functions the command's flows wire (roost.building.runner.Build,
 roost.curation.runner.curate, roost.evaluation.run.run_eval). Progress bars are rich's, so they draw in a
 terminal and in Jupyter (with ipywidgets). Library logs go to OUT/logs/roost.log unless
 `verbose=True`. A mistake raises a roost.errors.UserError subclass whose message is the one
@@ -287,15 +287,15 @@ def run_build(rec: "Recipe", out: PathLike, *, run: Runner | None = None, verbos
     """Check, then build `rec` into `out` with `run(recipe, out)` (default: in this process).
     (Libraries are imported once `held` has set up their logging.)"""
     with held(out, verbose=verbose, say=say) as out_dir:
-        from roost.building.runner import build_here, preflight
+        from roost.building.runner import Build
 
-        preflight(rec, out_dir)  # user errors surface here, before Prefect and the engines start
+        build = Build.open(rec, out_dir)  # user errors surface here, before Prefect and the engines start
         if rec.executor.kind == "ray":  # an address that does not answer: one line, now
             from roost.building.on_ray import connect
 
             connect(rec.executor.address, quiet=not verbose)
         if run is None:
-            return build_here(rec, str(out_dir), progress=progress)
+            return build.run(progress=progress)
         return run(rec, str(out_dir))
 
 

@@ -194,12 +194,12 @@ def iterate(
         with _holding(out_dir):
             logs.setup(out_dir, verbose)
             from roost.building.iterate import check_held_out, check_resumable, iteration_recipe
-            from roost.building.runner import preflight
+            from roost.building.runner import Build
             from roost.flows.iterate import iterate_flow
 
             check_resumable(rec, rec.loop, out_dir)
             check_held_out(rec, rec.loop)
-            preflight(iteration_recipe(rec, 0, rec.model.model), out_dir / "iter-0" / "data")
+            Build.open(iteration_recipe(rec, 0, rec.model.model), out_dir / "iter-0" / "data")
             from roost.building.iterate import run_here
 
             manifest = _run_flow(iterate_flow, run_here, rec, rec.loop, str(out_dir))

@@ -96,7 +96,7 @@ class Recipe(Strict):
     executor: ExecutorConfig = throughput(ExecutorConfig())  # where shards run; not part of the fingerprint
 
     def fingerprint(self, contents: dict[str, str] | None = None) -> str:
-        """`contents`: what the inputs are (roost.building.runner.build_fingerprint)."""
+        """`contents`: what the inputs are (roost.building.runner.Build.fingerprint)."""
         return fingerprint(self, ignore=("name", "loop"), contents=contents)
 
 

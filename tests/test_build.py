@@ -146,12 +146,12 @@ def test_user_errors_are_one_line_exit_2_bugs_keep_their_traceback(tmp_path, tin
         assert len(lines) <= 2 and needle in " ".join(lines), (args, result.output)
 
     # an internal bug is not dressed up as a user error: it propagates with its traceback
-    import roost.building.runner
+    from roost.building.runner import Build
 
     def broken(*a, **k):
         raise KeyError("internal")
 
-    monkeypatch.setattr(roost.build, "synthesizer_for", broken)
+    monkeypatch.setattr(Build, "check_resumable", broken)
     result = CliRunner().invoke(app, ["build", str(recipe), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and isinstance(result.exception, KeyError)
 
@@ -333,14 +333,15 @@ def test_shipped_recipes_are_valid():
 def test_a_shard_does_not_depend_on_what_ran_before_it(tmp_path, chatml_engine, tiny_chatml_path):
     """Shard 2 built alone equals shard 2 built after shards 0 and 1 (and after unrelated
     generation): each shard and each engine call has its own derived seed."""
-    from roost.building.runner import run_shard
+    from roost.building.runner import Build
     from roost.engines import Sampling
 
     recipe = load_recipe(_recipe(tmp_path, tiny_chatml_path))
+    build = Build(recipe, tmp_path / "all")
     for i in range(3):
-        run_shard(recipe, tmp_path / "all", i)
+        build.run_shard(i)
     chatml_engine.generate(["<|im_start|>user\n"] * 7, Sampling(max_tokens=20, temperature=1.0))  # disturb the RNG
-    run_shard(recipe, tmp_path / "alone", 2)
+    Build(recipe, tmp_path / "alone").run_shard(2)
     name = "train-00002-of-00003.parquet"
     after, alone = (pq.read_table(tmp_path / d / "data" / name).to_pylist() for d in ("all", "alone"))
     assert len(after) > 0 and after == alone

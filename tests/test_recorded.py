@@ -101,7 +101,7 @@ def test_portable_paths_follow_the_documented_rules(tmp_path):
 
 
 def test_manifest_records_no_absolute_path_and_the_fingerprint_is_the_live_recipe(tmp_path, monkeypatch):
-    from roost.building.runner import build_fingerprint
+    from roost.building.runner import Build
     from roost.recipe import validate_recipe
 
     project = tmp_path / "project"
@@ -116,7 +116,7 @@ def test_manifest_records_no_absolute_path_and_the_fingerprint_is_the_live_recip
            "synthesizer": {"kind": "reward_pairs", "prompts": {"path": str(prompts)}, "k": 2,
                            "reward_model": {"model": str(model)}}}
     recipe = validate_recipe(raw)
-    fingerprint = build_fingerprint(recipe)
+    fingerprint = Build(recipe, tmp_path / "outs" / "pairs").fingerprint
     out = tmp_path / "outs" / "pairs"
     cache = out / ".cache"
     manifest = base_manifest("preference", recipe.model_dump(mode="json"), fingerprint, status="complete",
@@ -132,8 +132,8 @@ def test_manifest_records_no_absolute_path_and_the_fingerprint_is_the_live_recip
     assert on_disk["engine"]["revision"] == "local-sha256:ab"  # the model's identity, unchanged
     assert on_disk["paths"] == portable.NOTE
     # only what is recorded changed: the live recipe's fingerprint is the recorded hash, so
-    # the output resumes (roost.building.runner.check_resumable compares exactly these)
-    assert on_disk["recipe_hash"] == fingerprint == build_fingerprint(validate_recipe(raw))
+    # the output resumes (roost.building.runner.Build.check_resumable compares exactly these)
+    assert on_disk["recipe_hash"] == fingerprint == Build(validate_recipe(raw), out).fingerprint
 
 
 # -- 4. the input's provenance ----------------------------------------------------------------

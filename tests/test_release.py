@@ -24,9 +24,3 @@ def test_release_all_closes_and_empties_every_registered_cache(monkeypatch):
     release_all()  # nothing held: nothing closed twice
     assert closed == [first, second]
 
-
-def test_the_builds_synthesizers_are_released_with_the_engines():
-    import roost.building.runner
-    from roost.engines.base import _RELEASERS
-
-    assert roost.building.runner._synthesizer.cache_clear in _RELEASERS

@@ -214,16 +214,17 @@ def test_pairs_build_end_to_end_through_the_cli(tmp_path, prompt_file, chatml_en
 
 
 def test_pairs_from_magpie_prompts_and_reproducible_shards(tmp_path, chatml_engine, tiny_chatml_path, tiny_rm_chatml_path):
-    from roost.building.runner import run_shard
+    from roost.building.runner import Build
 
     magpie = {"max_rounds": 4, "instruction": {"temperature": 1.0, "max_tokens": 48}}
     raw = _recipe(tiny_chatml_path, tiny_rm_chatml_path, {"magpie": magpie})
     raw["output"] = {"num_rows": 12, "shard_size": 6}
     recipe = validate_recipe(raw)
     # shard 1 built alone equals shard 1 built after shard 0: a shard depends on nothing before it
-    run_shard(recipe, tmp_path / "both", 0)
-    run_shard(recipe, tmp_path / "both", 1)
-    run_shard(recipe, tmp_path / "alone", 1)
+    both = Build(recipe, tmp_path / "both")  # one build, its shards one after another
+    both.run_shard(0)
+    both.run_shard(1)
+    Build(recipe, tmp_path / "alone").run_shard(1)
     name = "train-00001-of-00002.parquet"
     both, alone = pq.read_table(tmp_path / "both" / "data" / name), pq.read_table(tmp_path / "alone" / "data" / name)
     assert both.num_rows > 0

@@ -3,7 +3,7 @@
 
 Each Ray worker is an actor that holds one engine: it builds the synthesizer and loads the
 model once (`warm`), then runs shard after shard (`run`), each exactly as a local build runs
-it (`roost.building.runner.run_shard`: the shard's own derived seed, its own files written atomically).
+it (`roost.building.runner.Build.run_shard`: the shard's own derived seed, its own files written atomically).
 The driver (this process) hands the next pending shard index to whichever worker is free,
 waiting on the outstanding calls with `ray.wait`, and finishes the manifest itself.
 
@@ -216,6 +216,7 @@ class ShardWorker:
 
         self.recipe = Recipe.model_validate_json(recipe_json)
         self.out = out
+        self.build = None  # this worker's Build of the driver's (checked) build: made once, in warm()
         self.log = None
         if quiet and os.path.isdir(out):
             self.log = logs.setup(out, name=f"ray-{socket.gethostname()}-{os.getpid()}")
@@ -227,25 +228,26 @@ class ShardWorker:
                 "node_id": ray.get_runtime_context().get_node_id(), "log": str(self.log) if self.log else None}
 
     def warm(self, probe_file: str) -> dict[str, Any]:
-        """Build the synthesizer and load the model (once); say whether `out` is the driver's."""
+        """Make this worker's Build and load the model (once); say whether `out` is the driver's."""
         started = time.perf_counter()
-        from roost.building.runner import synthesizer_for
+        from roost.building.runner import Build
         from roost.engines import get_engine
 
-        synthesizer_for(self.recipe)
+        self.build = self.build or Build(self.recipe, self.out)
         if getattr(self.recipe.model, "server", None) is None:
             get_engine(self.recipe.model)
         return {**self.where(), "sees_out": os.path.exists(probe_file),
                 "seconds": round(time.perf_counter() - started, 1)}
 
     def run(self, index: int) -> dict[str, Any]:
-        from roost.building.runner import run_shard
+        from roost.building.runner import Build
 
+        self.build = self.build or Build(self.recipe, self.out)
         started = time.perf_counter()
         # A test seam: seconds a worker holds its shard before working on it, so that a test can
         # kill a worker that holds one (tests/test_ray.py). Unset in real use.
         time.sleep(float(os.environ.get("ROOST_RAY_HOLD_SHARD") or 0))
-        stats = run_shard(self.recipe, self.out, index)
+        stats = self.build.run_shard(index)
         return {"index": index, "stats": stats.__dict__, "seconds": round(time.perf_counter() - started, 1)}
 
     def close(self) -> None:
@@ -277,13 +279,13 @@ class _Worker:
         return f"worker {self.number}{where}"
 
 
-def run_on_ray(recipe, out: str | Path, pending: list[int], num_shards: int,
-               say: Callable[[str], None] = _say) -> dict[str, Any]:
-    """Build the `pending` shard indices of `recipe` into `out` on the cluster the recipe's
-    executor names. Returns a summary (workers, retried shards, seconds)."""
-    from roost.building.runner import writer_for
+def run_on_ray(build, pending: list[int], say: Callable[[str], None] = _say) -> dict[str, Any]:
+    """Build the `pending` shard indices of `build` (a roost.building.runner.Build, opened and
+    started by the driver) on the cluster its recipe's executor names; each worker makes a Build
+    of its own. Returns a summary (workers, retried shards, seconds)."""
     from roost.runtime import logs
 
+    recipe, out, num_shards, writer = build.recipe, build.out, build.num_shards, build.writer
     executor = recipe.executor
     quiet = logs._log_path is not None
     ray = connect(executor.address, quiet=quiet)
@@ -295,7 +297,6 @@ def run_on_ray(recipe, out: str | Path, pending: list[int], num_shards: int,
     say(f"ray: {len(nodes)} node(s), {total['CPU']:g} CPU, {total['GPU']:g} GPU; {plan.describe()}, "
         f"one engine each, for {len(pending)} shard(s)")
 
-    writer = writer_for(recipe, out, num_shards)
     probe_file = Path(out) / f".roost-ray-probe-{uuid.uuid4().hex}"
     probe_file.touch()
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}

@@ -1,6 +1,6 @@
 """What a flow run shows in the Prefect UI: a markdown summary (counts, stages, where the data
 went) and a table artifact of the counts. The text is built by plain functions from the
-manifest; `publish` hands it to Prefect and is a no-op outside a flow run."""
+manifest; `attach` hands it to Prefect and is a no-op outside a flow run."""
 from __future__ import annotations
 
 import re
@@ -49,7 +49,7 @@ def summary_markdown(manifest: dict[str, Any], out: str | Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish(manifest: dict[str, Any], out: str | Path) -> None:
+def attach(manifest: dict[str, Any], out: str | Path) -> None:
     """Attach the summary and count table to the current Prefect flow run (if any)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.context import FlowRunContext

@@ -1,8 +1,8 @@
-"""Prefect flow for `roost build`: thin wiring over roost.build.
+"""Prefect flow for `roost build`: thin wiring over roost.building.runner.Build.
 
-Shards run one after another in this process because they share its engines; with the
-recipe's `executor: {kind: ray}` (`roost build --ray ADDRESS`) one task hands them to Ray
-workers instead, each holding one engine (roost.building.on_ray). Either way each shard is
+Shards run one after another in this process, each a task, because they share its engines;
+with the recipe's `executor: {kind: ray}` (`roost build --ray ADDRESS`) one task hands them to
+Ray workers instead, each holding one engine (roost.building.on_ray). Either way each shard is
 independent (its own seed, its own files) and the manifest is finished here.
 """
 from __future__ import annotations
@@ -10,44 +10,32 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from roost.building import runner as work
+from roost.building.runner import Build
 from roost.flows import artifacts
 from roost.recipe import Recipe
 from roost.runtime import stopping
 
 
 @task(name="build-shard", cache_policy=NO_CACHE, task_run_name="shard-{index}")
-def build_shard(recipe: Recipe, out: str, index: int) -> dict:
-    return work.run_shard(recipe, out, index).__dict__
+def build_shard(build: Build, index: int) -> dict:
+    return build.run_shard(index).__dict__
 
 
 @task(name="build-shards-on-ray", cache_policy=NO_CACHE)
-def build_shards_on_ray(recipe: Recipe, out: str, pending: list[int], num_shards: int) -> dict:
+def build_shards_on_ray(build: Build, pending: list[int]) -> dict:
     from roost.building.on_ray import run_on_ray
 
-    return run_on_ray(recipe, out, pending, num_shards)
+    return run_on_ray(build, pending)
 
 
 @flow(name="roost-build", log_prints=True)
 def build_flow(recipe: Recipe, out: str) -> dict:
     stopping.note_flow_run()
-    shards = work.preflight(recipe, out)
-    work.start_manifest(recipe, out, len(shards))
-    pending = work.writer_for(recipe, out, len(shards)).pending()
-    skipped = len(shards) - len(pending)
-    writer = work.writer_for(recipe, out, len(shards))
-    stopping.track("shards", lambda: len(shards) - len(writer.pending()), len(shards), manifest=writer.root / "manifest.json")
+    build = Build.open(recipe, out)
+    skipped = build.done()
     if skipped:
-        print(f"resuming: {skipped} finished shard(s) kept, {len(pending)} to build")
-    executor = None
-    if recipe.executor.kind == "ray" and pending:
-        executor = build_shards_on_ray(recipe, out, pending, len(shards))
-    else:
-        for index in pending:
-            build_shard(recipe, out, index)
-    manifest = work.finish_manifest(recipe, out, len(shards))
-    manifest["skipped_shards"] = skipped
-    if executor:
-        manifest["executor"] = executor  # the CLI's summary (not written: where shards ran is not provenance)
-    artifacts.publish(manifest, out)
+        print(f"resuming: {skipped} finished shard(s) kept, {build.num_shards - skipped} to build")
+    manifest = build.run(on_shard=lambda index: build_shard(build, index),
+                         on_ray=lambda pending: build_shards_on_ray(build, pending))
+    artifacts.attach(manifest, out)
     return manifest

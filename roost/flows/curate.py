@@ -23,5 +23,5 @@ def curate_task(recipe: CurateRecipe, out: str, progress: bool = True) -> dict:
 def curate_flow(recipe: CurateRecipe, out: str, progress: bool = True) -> dict:
     stopping.note_flow_run()
     manifest = curate_task(recipe, out, progress)
-    artifacts.publish(manifest, out)
+    artifacts.attach(manifest, out)
     return manifest
