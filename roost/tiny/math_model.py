@@ -54,7 +54,7 @@ from roost.reasoning.arithmetic import Problem, make_problems, solution
 from roost.reasoning.prompting import HEADER, OPENER, user_turn
 from roost.tiny.models import STYLES, _save, _trunk_config
 
-SHIPPED_PROBLEMS = Path(__file__).resolve().parents[1] / "data" / "arithmetic_problems.jsonl"
+SHIPPED_PROBLEMS = Path(__file__).resolve().parents[2] / "data" / "arithmetic_problems.jsonl"
 SHIPPED_SEED = 0  # data/arithmetic_problems.jsonl = make_problems(3000, seed=0)
 
 # What transformers' Qwen2Tokenizer splits text with before BPE (it replaces the saved

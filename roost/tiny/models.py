@@ -18,7 +18,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-SEED_DATA = Path(__file__).resolve().parents[1] / "data" / "seed_conversations.jsonl"
+SEED_DATA = Path(__file__).resolve().parents[2] / "data" / "seed_conversations.jsonl"
 
 CHATML_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' %}"
