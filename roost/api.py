@@ -91,21 +91,24 @@ def build_recipe(recipe: "PathLike | Mapping | Recipe", *, model: str | None = N
 
 
 def curate_recipe(source: "PathLike | Mapping | CurateRecipe | None" = None, *, input: PathLike | None = None,
-                  recipe: "PathLike | Mapping | CurateRecipe | None" = None, stages: Sequence[Any] | None = None, split: str | None = None, exact_field: str | None = None,
-                  semantic: bool | None = None, threshold: float | None = None, embedding_model: str | None = None,
-                  scorer: str | None = None, complexity_model: str | None = None, quality_model: str | None = None,
-                  reward_model: str | None = None, budget: int | None = None, tau: float | None = None,
-                  shard_size: int | None = None, scorer_server: str | None = None,
-                  reward_server: str | None = None) -> "CurateRecipe":
+                  recipe: "PathLike | Mapping | CurateRecipe | None" = None, stages: Sequence[Any] | None = None,
+                  split: str | None = None, embedding_model: str | None = None, shard_size: int | None = None,
+                  **options: Any) -> "CurateRecipe":
     """The curation recipe `curate` runs. `source`: the input (a roost output dir, Parquet
     file/dir/glob, JSON Lines, hf://<dataset id>), or a whole recipe (a .yaml path, a mapping or a
     CurateRecipe). `recipe`: a recipe YAML the input and options go over (`roost curate INPUT
     --recipe R`). `stages`: the stages, in order, each a stage config (roost.stages.*.*Config), a
     mapping with `kind`, or just a kind; default: the recipe's, else heuristics, exact and semantic
-    dedup. `input`: the input, never taken for a recipe (the command's INPUT). The other options are
-    the command's flags, applied over the stages."""
-    from roost.recipe import CurateRecipe, _read_yaml, apply_overrides, stage_block, upgrade_curate, validate
+    dedup. `input`: the input, never taken for a recipe (the command's INPUT). `options`: the
+    command's stage flags (each stage declares its own, `Stage.options`: threshold=, budget=,
+    reward_model=, ...), applied over the stages."""
+    from roost.recipe import CurateRecipe, apply_overrides, read_yaml, upgrade_curate, validate
 
+    declared = stage_options()
+    unknown = sorted(set(options) - set(declared))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not an option of any stage (options: {', '.join(declared)})")
+    options = {name: value for name, value in options.items() if value is not None}
     label = "options"
     if source is not None:
         if isinstance(source, (CurateRecipe, Mapping)) or _is_yaml(source):
@@ -117,18 +120,14 @@ def curate_recipe(source: "PathLike | Mapping | CurateRecipe | None" = None, *, 
         else:
             input = source
     if isinstance(recipe, CurateRecipe):
-        options = dict(input=input, stages=stages, split=split, exact_field=exact_field, semantic=semantic,
-                       threshold=threshold, embedding_model=embedding_model, scorer=scorer,
-                       complexity_model=complexity_model, quality_model=quality_model, reward_model=reward_model,
-                       budget=budget, tau=tau, shard_size=shard_size, scorer_server=scorer_server,
-                       reward_server=reward_server)
-        if all(v is None for v in options.values()):
+        given = dict(input=input, stages=stages, split=split, embedding_model=embedding_model, shard_size=shard_size)
+        if not options and all(v is None for v in given.values()):
             return recipe
         raw, label = recipe.model_dump(mode="json", exclude_unset=True), "recipe"
     elif isinstance(recipe, Mapping):
         raw, label = upgrade_curate(json.loads(json.dumps(dict(recipe), default=str))), "recipe"
     elif recipe is not None:
-        raw, label = upgrade_curate(_read_yaml(Path(recipe))), str(recipe)
+        raw, label = upgrade_curate(read_yaml(Path(recipe))), str(recipe)
     else:
         raw = {}
     if stages is not None:
@@ -137,37 +136,26 @@ def curate_recipe(source: "PathLike | Mapping | CurateRecipe | None" = None, *, 
         raw["stages"] = [_stage_raw(i, s) for i, s in enumerate(stages)]
     apply_overrides(raw, {"input.path": str(input) if input is not None else None, "input.split": split,
                           "embedding.model": embedding_model, "shard_size": shard_size})
-    if semantic is False:
-        from roost.recipe import default_stages
-
-        raw["stages"] = [b for b in raw.get("stages") or default_stages() if b.get("kind") != "semantic_dedup"]
-    if exact_field:
-        stage_block(raw, "exact_dedup", create=True)["view"] = exact_field
-    if threshold is not None or semantic:
-        block = stage_block(raw, "semantic_dedup", create=True)
-        if threshold is not None:
-            block["threshold"] = threshold
-    if scorer or complexity_model or quality_model:
-        block = stage_block(raw, "deita", create=True)
-        block["complexity_model"] = complexity_model or scorer or block.get("complexity_model")
-        block["quality_model"] = quality_model or scorer or block.get("quality_model")
-    if reward_model:
-        block = stage_block(raw, "reward", create=True)
-        block["model"] = {**(block.get("model") or {}), "model": reward_model}
-    if budget is not None or tau is not None:
-        block = stage_block(raw, "selection", create=True)
-        if budget is not None:
-            block["budget"] = budget
-        if tau is not None:
-            block["tau"] = tau
-    if scorer_server:
-        block = stage_block(raw, "deita", create=True)
-        block["server"] = _with_url(block.get("server"), scorer_server)
-    if reward_server:
-        block = stage_block(raw, "reward", create=True)
-        block["model"] = {**(block.get("model") or {})}
-        block["model"]["server"] = _with_url(block["model"].get("server"), reward_server)
+    for name, value in options.items():
+        apply_stage_option(raw, *declared[name], value)
     return validate(CurateRecipe, raw, label)
+
+
+def stage_options() -> dict[str, tuple[str, Any]]:
+    """Every stage's `roost curate` flags: name -> (the stage's kind, its roost.stages.base.Option)."""
+    from roost.stages.base import STAGES
+
+    return {option.name: (kind, option) for kind in STAGES.kinds() for option in STAGES.get(kind).options}
+
+
+def apply_stage_option(raw: dict, kind: str, option: Any, value: Any) -> None:
+    """Set a stage flag's value in a raw curation recipe: on the first stage of its kind, made if
+    missing (scorers before a selection, others at the end), or that stage taken out."""
+    from roost.recipe import stage_block
+
+    block = stage_block(raw, kind, create=True)
+    if option.apply(block, value) is False:
+        raw["stages"] = [b for b in raw["stages"] if b is not block]
 
 
 def eval_recipe(recipe: "PathLike | Mapping | EvalRecipe | None" = None, *, model: str | None = None,
@@ -232,11 +220,6 @@ def _stage_raw(i: int, stage: Any) -> dict:
     if isinstance(stage, Mapping):
         return json.loads(json.dumps(dict(stage), default=str))
     raise ConfigError(f"stages[{i}]: a stage config, a mapping with 'kind' or a kind name, not {type(stage).__name__}")
-
-
-def _with_url(server, url: str) -> dict:
-    """A recipe's server block (a URL, a mapping or nothing) with its URL replaced."""
-    return {**(server if isinstance(server, dict) else {}), "url": url}
 
 
 # -- running: one output, held, logged, checked; then the work (the CLI passes its Prefect flow) --
@@ -341,22 +324,15 @@ def build(recipe: "PathLike | Mapping | Recipe", out: PathLike | None = None, *,
 
 
 def curate(source: "PathLike | Mapping | CurateRecipe", out: PathLike, *, recipe: PathLike | None = None,
-           stages: Sequence[Any] | None = None, split: str | None = None, exact_field: str | None = None,
-           semantic: bool | None = None, threshold: float | None = None, embedding_model: str | None = None,
-           scorer: str | None = None, complexity_model: str | None = None, quality_model: str | None = None,
-           reward_model: str | None = None, budget: int | None = None, tau: float | None = None,
-           shard_size: int | None = None, scorer_server: str | None = None, reward_server: str | None = None,
-           verbose: bool = False, progress: bool = True) -> "Result":
+           stages: Sequence[Any] | None = None, split: str | None = None, embedding_model: str | None = None,
+           shard_size: int | None = None, verbose: bool = False, progress: bool = True, **options: Any) -> "Result":
     """Deduplicate, filter, score and select rows into `out`, as `roost curate` does; removed rows
     go to rejects/ with their stage and reason. `source`: the input (a roost output dir, Parquet,
     JSON Lines, hf://<id>) or a whole curation recipe (a .yaml path, a mapping, a CurateRecipe);
-    `stages`: stage configs, mappings with `kind`, or kind names, in order (see curate_recipe).
-    Calling it again is a no-op when finished, and resumes from OUT/.cache when not."""
-    rec = curate_recipe(source, recipe=recipe, stages=stages, split=split, exact_field=exact_field, semantic=semantic,
-                        threshold=threshold, embedding_model=embedding_model, scorer=scorer,
-                        complexity_model=complexity_model, quality_model=quality_model, reward_model=reward_model,
-                        budget=budget, tau=tau, shard_size=shard_size, scorer_server=scorer_server,
-                        reward_server=reward_server)
+    `stages`: stage configs, mappings with `kind`, or kind names, in order; `options`: the stages'
+    flags, e.g. threshold=0.85, budget=1000 (see curate_recipe). Calling it again is a no-op when finished, and resumes from OUT/.cache when not."""
+    rec = curate_recipe(source, recipe=recipe, stages=stages, split=split, embedding_model=embedding_model,
+                        shard_size=shard_size, **options)
     manifest = run_curate(rec, out, verbose=verbose, progress=progress)
     return Result(Path(out), manifest)
 

@@ -1,6 +1,7 @@
 """The `roost` command line."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -246,13 +247,13 @@ def eval_cmd(
     answers on open-ended prompts, raw and length-controlled. Per-item outcomes as Parquet beside a JSON
     summary. Re-running resumes."""
     from roost import api
-    from roost.recipe import _read_yaml
+    from roost.recipe import read_yaml
 
     with user_errors():
         start, stop = api.row_range(rows)
         sets = _parse_sets(set_)
         if harness is not None:
-            raw = _read_yaml(recipe) if recipe is not None else {}
+            raw = read_yaml(recipe) if recipe is not None else {}
             _harness({**raw, "model": {**(raw.get("model") or {}), **({"model": model} if model else {})}},
                      harness, out, verbose)
             return
@@ -395,40 +396,53 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-@app.command()
 def curate(
     input: str = typer.Argument(..., help="roost output dir, Parquet file/dir/glob, or hf://<dataset id>"),
     out: Path = typer.Option(..., help="output directory"),
     recipe: Optional[Path] = typer.Option(None, help="curation recipe YAML (options below override it)"),
     split: Optional[str] = typer.Option(None, help="split to read and write (default train)"),
-    exact_field: Optional[str] = typer.Option(None, help="exact dedup view: first_instruction, prompt, conversation, ..."),
-    semantic: Optional[bool] = typer.Option(None, "--semantic/--no-semantic", help="semantic dedup on/off"),
-    threshold: Optional[float] = typer.Option(None, help="semantic dedup: cosine similarity that counts as duplicate (default 0.9; 0.94 with static embeddings)"),
     embedding_model: Optional[str] = typer.Option(None, help="sentence-transformers model (default: bundled all-MiniLM-L6-v2), or 'static': model2vec distilled from it, hundreds of times faster"),
-    scorer: Optional[str] = typer.Option(None, help="one model for both deita scores (adds the deita stage)"),
-    complexity_model: Optional[str] = typer.Option(None, help="deita complexity scorer (adds the deita stage)"),
-    quality_model: Optional[str] = typer.Option(None, help="deita quality scorer (adds the deita stage)"),
-    reward_model: Optional[str] = typer.Option(None, help="reward model (adds the reward stage)"),
-    budget: Optional[int] = typer.Option(None, help="select at most this many rows, best score first (adds selection)"),
-    tau: Optional[float] = typer.Option(None, help="selection: max cosine similarity to an already selected row"),
     shard_size: Optional[int] = typer.Option(None, help="rows per output shard"),
     verbose: bool = typer.Option(False, "--verbose", help="show library logs (default: OUT/logs/roost.log)"),
-    scorer_server: Annotated[Optional[str], typer.Option(
-        help="URL of a vLLM server serving the deita scorer model (deita stage's server)")] = None,
-    reward_server: Annotated[Optional[str], typer.Option(
-        help="URL of a vLLM server serving the reward model (reward model's server)")] = None,
+    **options,
 ) -> None:
     """Deduplicate, filter, score and select rows (SFT or preference); removed rows go to rejects/ with reasons."""
     from roost import api
 
     with user_errors():
-        rec = api.curate_recipe(input=input, recipe=recipe, split=split, exact_field=exact_field, semantic=semantic,
-                                threshold=threshold, embedding_model=embedding_model, scorer=scorer,
-                                complexity_model=complexity_model, quality_model=quality_model,
-                                reward_model=reward_model, budget=budget, tau=tau, shard_size=shard_size,
-                                scorer_server=scorer_server, reward_server=reward_server)
+        rec = api.curate_recipe(input=input, recipe=recipe, split=split, embedding_model=embedding_model,
+                                shard_size=shard_size, **options)
         manifest = api.run_curate(rec, out, run=_flow("curate"), verbose=verbose, say=_warn)
     _print_curate_summary(manifest, out)
+
+
+class _WithStageFlags:
+    """A command whose signature has every registered stage's flags (roost.stages.base.Option) in
+    place of its **options, read when the CLI is built (a stage registered by then, e.g. from a
+    user's module, has its flags in `roost curate --help` from its own module, nothing else)."""
+
+    def __init__(self, command):
+        functools.update_wrapper(self, command)
+        self.command = command
+
+    def __call__(self, **kwargs):
+        return self.command(**kwargs)
+
+    @property
+    def __signature__(self):
+        import inspect
+
+        from roost.api import stage_options
+
+        signature = inspect.signature(self.command)
+        fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[option.type],
+                                   default=typer.Option(None, *([option.flag] if option.flag else []), help=option.help))
+                 for name, (_, option) in stage_options().items()]
+        return signature.replace(parameters=fixed + flags)
+
+
+app.command("curate")(_WithStageFlags(curate))
 
 
 def _print_curate_summary(manifest: dict, out_dir: Path) -> None:

@@ -89,7 +89,7 @@ def check_template(template: str) -> None:
 class Recipe(Strict):
     name: str = Field(min_length=1)
     model: EngineConfig  # the policy: the model whose outputs become data
-    synthesizer: SYNTHESIZERS.config_union()  # type: ignore[valid-type]
+    synthesizer: SYNTHESIZERS.config_union()  # type: ignore[valid-type]  (see _plugins_registered)
     output: OutputConfig = OutputConfig()
     iteration: int = Field(0, ge=0)  # which round of an iterative method (DPO, SPIN, SPPO) this is
     loop: LoopConfig | None = None  # for `roost iterate`; not part of the data's fingerprint
@@ -122,7 +122,7 @@ class CurateRecipe(Strict):
     name: str = "curate"
     input: CurateInput = CurateInput()
     embedding: EmbeddingConfig = EmbeddingConfig()
-    stages: list[STAGES.config_union()] = Field(default_factory=lambda: _stage_list(default_stages()))  # type: ignore[valid-type]
+    stages: list[STAGES.config_union()] = Field(default_factory=lambda: _stage_list(default_stages()))  # type: ignore[valid-type]  (see _plugins_registered)
     shard_size: int = Field(100_000, ge=1)
 
     def fingerprint(self) -> str:
@@ -131,6 +131,19 @@ class CurateRecipe(Strict):
             contents.update({f"stages[{i}].{k}": v for k, v in getattr(stage, "contents", lambda: {})().items()})
         seen = self.model_copy(update={"stages": [stage.as_fingerprinted(self) for stage in self.stages]})
         return fingerprint(seen, contents=contents)
+
+
+def _plugins_registered() -> None:
+    """A synthesizer or stage registered from outside roost (a user's module, a test file): the
+    recipe models validate against the unions of every registered config again."""
+    Recipe.model_fields["synthesizer"].annotation = SYNTHESIZERS.config_union()
+    Recipe.model_rebuild(force=True)
+    CurateRecipe.model_fields["stages"].annotation = list[STAGES.config_union()]  # type: ignore[misc]
+    CurateRecipe.model_rebuild(force=True)
+
+
+STAGES.on_change(_plugins_registered)
+SYNTHESIZERS.on_change(_plugins_registered)
 
 
 def _stage_list(raw: list[dict]) -> list:
@@ -144,7 +157,7 @@ def _stage_list(raw: list[dict]) -> list:
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Load and validate. `overrides` are dotted keys from the CLI, e.g. {"model.model": "..."}."""
-    raw = upgrade_build(_read_yaml(Path(path)))
+    raw = upgrade_build(read_yaml(Path(path)))
     apply_overrides(raw, overrides)
     return validate(Recipe, raw, str(path))
 
@@ -154,7 +167,7 @@ def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
 
 
 def load_curate_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurateRecipe:
-    raw = upgrade_curate(_read_yaml(Path(path)) if path is not None else {})
+    raw = upgrade_curate(read_yaml(Path(path)) if path is not None else {})
     apply_overrides(raw, overrides)
     return validate(CurateRecipe, raw, str(path) if path is not None else "options")
 
@@ -163,7 +176,7 @@ def load_eval_recipe(path: str | Path | None, overrides: dict[str, Any] | None =
     """`roost eval`'s recipe (roost.evaluation.config.EvalRecipe); no file: the overrides alone."""
     from roost.evaluation.config import EvalRecipe
 
-    raw = _read_yaml(Path(path)) if path is not None else {}
+    raw = read_yaml(Path(path)) if path is not None else {}
     apply_overrides(raw, overrides)
     if isinstance(raw.get("model"), dict):  # the model's own context length unless the recipe says
         raw["model"].setdefault("max_model_len", None)
@@ -227,7 +240,7 @@ def apply_overrides(raw: dict, overrides: dict[str, Any] | None) -> None:
             _set_dotted(raw, dotted, value)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:

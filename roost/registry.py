@@ -1,7 +1,7 @@
 """Plug-in registries: synthesizers and curation stages are found here by their `kind`.
 
-A plug-in is one module in its package (`roost/synthesizers/`, `roost/stages/`) that
-decorates its class with `@REGISTRY.register`; the class names its `kind` and its `Config`
+A plug-in is one module in its package (`roost/synthesizers/`, `roost/stages/`), or in any
+module the user imports, that decorates its class with `@REGISTRY.register`; the class names its `kind` and its `Config`
 (a pydantic model with `kind: Literal["..."]`). Recipes validate against the union of every
 registered config, discriminated by `kind`. Nothing else is edited to add one.
 """
@@ -20,13 +20,30 @@ class Registry:
         self.what = what
         self._classes: dict[str, type] = {}
         self._loaded = False
+        self._listeners: list = []
 
     def register(self, cls: type) -> type:
         kind = cls.kind
         if kind in self._classes and self._classes[kind] is not cls:
             raise ValueError(f"two {self.what}s named {kind!r}")
         self._classes[kind] = cls
+        if self._loaded:  # a plug-in from outside the package (a user's module, a test)
+            self._changed()
         return cls
+
+    def unregister(self, kind: str) -> None:
+        """Take a plug-in registered from outside the package out again (a test's own stage)."""
+        self._classes.pop(kind, None)
+        self._changed()
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def on_change(self, listener) -> None:
+        """Call `listener()` whenever a plug-in is registered after the package's own were
+        loaded (roost.recipe rebuilds the recipe models, so the new kind validates)."""
+        self._listeners.append(listener)
 
     def load(self) -> None:
         """Import every module of the package once, so each registers itself (a subpackage holds

@@ -111,13 +111,18 @@ def plugins(which: str) -> str:
         from roost.stages.base import STAGES as registry
     else:
         from roost.synthesizers.base import SYNTHESIZERS as registry
-    rows = ["| kind | what it does | settings |", "|---|---|---|"]
+    stages = which == "stages"
+    rows = (["| kind | what it does | settings | `roost curate` flags |", "|---|---|---|---|"] if stages
+            else ["| kind | what it does | settings |", "|---|---|---|"])
     for kind in registry.kinds():
         cls = registry.get(kind)
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0]
         doc = re.sub(r"^`\w+`:\s*", "", " ".join(doc.split()))
         settings = ", ".join(f"`{n}`" for n in cls.Config.model_fields if n != "kind")
-        rows.append(f"| `{kind}` | {doc.replace('|', '/')} | {settings} |")
+        row = f"| `{kind}` | {doc.replace('|', '/')} | {settings} |"
+        if stages:  # declared by the stage itself (Stage.options)
+            row += " " + ", ".join(f"`{o.flag or '--' + o.name.replace('_', '-')}`" for o in cls.options) + " |"
+        rows.append(row)
     return "\n".join(rows)
 
 

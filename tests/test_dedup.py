@@ -44,6 +44,7 @@ def test_exact_groups_first_wins_without_scores():
     r = exact_dedup(keys(rows, "first_instruction"), [row["id"] for row in rows])
     assert r.keep.tolist() == [True, False, True, False, False]
     assert r.duplicate_of == [None, "a", None, "a", "c"]
+    assert r.duplicate_index.tolist() == [-1, 0, -1, 0, 2]  # the same links as positions
     assert r.similarity == [None, 1.0, None, 1.0, 1.0]
     assert r.tags["exact_group_size"].tolist() == [3, 3, 2, 3, 2]
     assert r.kept_ids() == ["a", "c"]
@@ -149,6 +150,8 @@ def test_semantic_paraphrases_one_per_group(emb):
     kept = set(r.kept_indices().tolist())
     assert kept == {0, 3, 6, 7, 8, 9, 10, 11}
     assert [r.duplicate_of[i] for i in (1, 2, 4, 5, 14, 12, 13)] == ["r0", "r0", "r3", "r3", "r3", "r7", "r7"]
+    assert [ids[j] if j >= 0 else None for j in r.duplicate_index] == r.duplicate_of  # the same links as positions
+    assert [ids[j] if j >= 0 else None for j in r.nearest_index] == r.tags["nearest_id"]
     for i in r.removed_indices():
         assert GROUP[i] == GROUP[int(r.duplicate_of[i][1:])]
     check_invariants(r, emb, 0.9)

@@ -82,7 +82,7 @@ def test_portable_paths_follow_the_documented_rules(tmp_path):
     assert p(str(out / ".cache")) == ".cache" and p(str(out)) == "."  # inside the output
     assert p(str(tmp_path / "runs" / "prompts.parquet")) == "../prompts.parquet"  # beside it
     assert p(str(tmp_path / "elsewhere" / "x.parquet")) == "../../elsewhere/x.parquet"  # two levels up at most
-    from roost.engines.vllm_engine import resolve_revision
+    from roost.engines.common import resolve_revision
 
     far = portable.portable_path(str(model), tmp_path / "a" / "b" / "c" / "out", cwd)
     assert far == f"tiny-model@{resolve_revision(str(model), None)}"  # a model: its name and the digest of its files

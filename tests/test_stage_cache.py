@@ -162,7 +162,7 @@ def test_cache_is_reused_only_for_the_same_input_settings_and_model(tmp_path, ti
 
 
 def test_a_damaged_entry_is_recomputed_and_a_kill_during_embedding_resumes_from_its_checkpoints(tmp_path, monkeypatch):
-    import roost.curation.cache
+    import roost.curation.checkpoints
     from roost.engines.embeddings import Embedder
 
     path = _write(tmp_path / "in.parquet")
@@ -178,7 +178,7 @@ def test_a_damaged_entry_is_recomputed_and_a_kill_during_embedding_resumes_from_
     _same_output(out, tmp_path / "ref")
 
     # killed while embedding: parts of 2 rows are written as it goes; the re-run embeds the rest only
-    monkeypatch.setattr(roost.curation.cache, "PART_ROWS", 2)
+    monkeypatch.setattr(roost.curation.checkpoints, "PART_ROWS", 2)
     encode, calls = Embedder.encode, []
 
     def dies_on_the_third_batch(self, texts):

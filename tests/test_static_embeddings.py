@@ -140,7 +140,7 @@ def test_curation_with_static_embeddings(tmp_path, roost_cache):
 def test_cached_static_embeddings_are_keyed_by_what_the_distilled_model_is_made_of(monkeypatch):
     """A resumed curation reads cached embeddings only if the static model would be the same:
     the source model's bytes, the PCA size and the model2vec version are in the key."""
-    from roost.curation import cache as stage_cache
+    from roost.curation import keys as stage_cache
     from roost.engines import embeddings
     from roost.recipe import CurateRecipe, validate
 

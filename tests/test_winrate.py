@@ -91,9 +91,9 @@ def test_summary_counts_wins_ties_and_unjudged():
 def test_recipe_validates_and_needs_one_half():
     from roost.errors import ConfigError
     from roost.evaluation.config import EvalRecipe
-    from roost.recipe import _read_yaml, validate
+    from roost.recipe import read_yaml, validate
 
-    rec = validate(EvalRecipe, _read_yaml(RECIPE), str(RECIPE))
+    rec = validate(EvalRecipe, read_yaml(RECIPE), str(RECIPE))
     assert rec.problems is None and rec.open_ended.gold and rec.open_ended.judge.kind == "reward_model"
     with pytest.raises(ConfigError, match="field 'problems': required: give problems"):
         validate(EvalRecipe, {"model": {"model": "m"}}, "options")

@@ -3,7 +3,7 @@
 A `Filter` looks at one row and returns `None` to keep it or a `Drop` saying why not.
 `FilterStep` runs a list of filters over rows, stops at the first drop, counts drops per
 reason and turns every dropped row into a `Reject` for the rejects file. Nothing is lost.
-(Curation's runner, `roost.curate`, is the same loop over whole datasets.)
+(The curation runner, roost.curation.runner, is the same loop over whole datasets, columnar.)
 """
 from __future__ import annotations
 

@@ -28,6 +28,9 @@ class DedupResult:
     # semantic only: every pair found with similarity >= threshold, as row indices (i, j, sim),
     # each pair as found from i's neighbour list (a pair may appear from both sides)
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    # the same links as row positions (int64, -1: none), for callers that work in positions
+    duplicate_index: np.ndarray | None = None  # the kept row a removed row duplicates
+    nearest_index: np.ndarray | None = None  # semantic only: each row's nearest other row
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -71,4 +71,5 @@ def exact_dedup(keys: Sequence[str], ids: Sequence[str], scores: Sequence[float 
     settings = {"hash": "blake2b-128", "normalize": "NFKC+casefold+whitespace",
                 "priority": "score desc, then input order" if scores is not None else "input order",
                 "groups": int(keep.sum())}
-    return DedupResult(ids, keep, dup_of, sim, "exact_duplicate", tags=tags, settings=settings)
+    return DedupResult(ids, keep, dup_of, sim, "exact_duplicate", tags=tags, settings=settings,
+                       duplicate_index=np.where(keep, -1, survivor).astype(np.int64))

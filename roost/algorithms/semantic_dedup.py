@@ -683,7 +683,8 @@ def semantic_dedup(
                                  "nearest_similarity": np.full(n, np.nan, np.float32),
                                  "min_neighbor_distance": np.full(n, np.nan, np.float32),
                                  "repeat_count": np.zeros(n, np.int32)},
-                           settings=settings, pairs=(empty, empty, np.zeros(0, np.float32)))
+                           settings=settings, pairs=(empty, empty, np.zeros(0, np.float32)),
+                           duplicate_index=np.full(n, -1, np.int64), nearest_index=np.full(n, -1, np.int64))
 
     # Identical vectors are collapsed first: each group is searched once, through its
     # best-priority member, so a group of twins larger than k cannot leave several survivors.
@@ -741,4 +742,6 @@ def semantic_dedup(
     }
     src, dst = best[src], best[dst]
     return DedupResult(ids, keep, duplicate_of, similarity, "semantic_duplicate", tags=tags,
-                       settings=settings, pairs=(src, dst, sim))
+                       settings=settings, pairs=(src, dst, sim),
+                       duplicate_index=np.where(keep, -1, dup_row).astype(np.int64),
+                       nearest_index=np.asarray(near_row, dtype=np.int64))

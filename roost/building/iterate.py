@@ -222,7 +222,7 @@ def run_iterations(recipe: Recipe, loop: LoopConfig, out: str | Path, *,
                    evaluate: Callable[[Any, str], dict] | None = None,
                    on_step: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """The whole loop (see the module doc). `build(recipe, out_dir)` makes one iteration's data
-    (the Prefect build flow, or roost.build's functions); `train(command, log)` runs the command;
+    (the Prefect build flow, or roost.building.runner.Build); `train(command, log)` runs the command;
     `evaluate(eval_recipe, out_dir)` measures a model (default roost.evaluation.run.run_eval)."""
     from roost import __version__
 
@@ -266,7 +266,7 @@ def run_iterations(recipe: Recipe, loop: LoopConfig, out: str | Path, *,
 
 
 def run_here(recipe: Recipe, loop: LoopConfig, out: str | Path) -> dict[str, Any]:
-    """The whole loop without Prefect (builds with roost.build, evaluations with roost.evaluation)."""
+    """The whole loop without Prefect (builds with roost.building.runner.Build, evaluations with roost.evaluation)."""
     import sys
 
     from roost.building.runner import build_here

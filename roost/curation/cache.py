@@ -45,10 +45,12 @@ Why content digests for the input: hashing reads each byte once (sha256 here: ~0
 about 1 s for a 1M-row input) where names, sizes and mtimes could miss a file edited in
 place with its size and time kept, or rewritten within a coarse file-system timestamp (a process hashes a file once per size and
 nanosecond mtime). A Hub input is its commit.
+
+Beside this module: keys.py (what the keys are made of), checkpoints.py (embedding checkpoints),
+ledger.py (the ledger's records as the tables entries hold), files.py (each file written whole).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -64,126 +66,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from roost import __version__
-from roost.config import canonical, file_digest
-from roost.dataset.writer import atomic_path
-from roost.stages.base import Digest, Embedding, SetDecision, SetStage, Stage
+from roost.config import canonical
+from roost.curation.checkpoints import EmbeddingFeed, load_parts
+from roost.curation.files import write_json, write_npy, write_parquet
+from roost.curation.keys import embedding_identity, input_fingerprint, key_hash, stage_identity, uses_embedder
+from roost.curation.ledger import rows_table
+from roost.stages.base import Digest, Embedding, SetDecision, Stage
 
 CACHE_DIR = ".cache"
-PART_ROWS = 16_384  # embedding checkpoint: rows per part (~25 MB at 384 floats)
 _ORDER = ("version", "input", "model", "settings", "upstream")
 _WHY = {"version": "roost version changed", "input": "input changed", "model": "embedding model changed",
         "settings": "settings changed", "upstream": "upstream changed"}
-_PART = re.compile(r"part-(\d{12})-(\d{12})\.npy")
-_MAX_STAT_FILES = 10_000
-
-
-def _hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# -- what the keys are made of ----------------------------------------------------------------
-
-
-def input_fingerprint(source) -> dict[str, Any]:
-    """What the input is (roost.dataset.sources.Source.identity): its files' bytes, or its Hub commit."""
-    identity = source.identity()
-    if "revision" in identity:
-        return {**identity, "sha256": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]}
-    return identity
-
-
-def embedding_identity(recipe) -> dict[str, Any]:
-    """The embedding settings and the model's bytes (local files) or Hub revision."""
-    cfg = recipe.embedding
-    ident: dict[str, Any] = {"config": canonical(cfg)}
-    model = getattr(cfg, "model", None)
-    try:
-        from roost.engines import embeddings
-
-        static = getattr(embeddings, "is_static", None)
-        if static is not None and static(model, getattr(cfg, "kind", None)) and model in (None, "static"):
-            # model2vec distilled from the bundled MiniLM: what the distilled model is made of
-            from importlib.metadata import version
-
-            ident["static"] = {"source": file_digest(embeddings.default_embedding_model()),
-                               "pca_dims": getattr(embeddings, "STATIC_PCA_DIMS", None), "model2vec": version("model2vec")}
-            return ident
-        if model is None:
-            model = embeddings.default_embedding_model()
-    except Exception:  # no bundled default: the settings are all we know
-        return ident
-    if Path(str(model)).exists():
-        ident["files"] = file_digest(model)
-    else:
-        ident["revision"] = _hub_revision(str(model))
-    return ident
-
-
-def _hub_revision(name: str) -> str | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return None
-    for repo in ([name] if "/" in name else [name, f"sentence-transformers/{name}"]):
-        try:
-            found = try_to_load_from_cache(repo, "config.json")
-        except Exception:
-            continue
-        if isinstance(found, str):
-            parts = Path(found).parts
-            if "snapshots" in parts:
-                return parts[parts.index("snapshots") + 1]
-    return None
-
-
-def stage_identity(stage: Stage) -> dict[str, Any]:
-    cfg = stage.config
-    settings = canonical(cfg)
-    contents = getattr(cfg, "contents", None)
-    return {"kind": stage.kind, "config": settings, "contents": contents() if callable(contents) else {},
-            "paths": _path_stats(settings)}
-
-
-def uses_embedder(stage: Stage) -> bool:
-    if stage.uses_embedder is not None:
-        return stage.uses_embedder
-    if isinstance(stage, SetStage):
-        return any(isinstance(f, Embedding) for f in stage.features())
-    return True
-
-
-def _path_stats(settings: Any) -> dict[str, Any]:
-    """Sizes and modification times of local files named in a stage's settings (a model
-    directory, a benchmark file): a model replaced at the same path is a new key."""
-    out: dict[str, Any] = {}
-
-    def walk(v):
-        if isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-        elif isinstance(v, str) and v and "\n" not in v and len(v) < 4096:
-            try:
-                p = Path(v)
-                if p.is_file():
-                    st = p.stat()
-                    out[v] = [st.st_size, st.st_mtime_ns]
-                elif p.is_dir():
-                    files = []
-                    for i, f in enumerate(sorted(p.rglob("*"))):
-                        if i >= _MAX_STAT_FILES:
-                            break
-                        if f.is_file():
-                            st = f.stat()
-                            files.append([str(f.relative_to(p)), st.st_size, st.st_mtime_ns])
-                    out[v] = files
-            except OSError:
-                pass
-
-    walk(settings)
-    return out
 
 
 # -- entries ------------------------------------------------------------------------------------
@@ -198,7 +91,7 @@ class Entry:
 
     @property
     def key(self) -> str:
-        return _hash(self.parts)
+        return key_hash(self.parts)
 
     @property
     def dirname(self) -> str:
@@ -229,16 +122,16 @@ class StageCache:
         self.entries: dict[str, Entry] = {}
         base = {"version": __version__, "input": (self.input or {}).get("sha256")}
         input_settings = {k: v for k, v in canonical(recipe.input).items() if k != "path"}
-        self.read = self._add("read", {**base, "settings": _hash(
+        self.read = self._add("read", {**base, "settings": key_hash(
             {"input": input_settings, "filters": [stage_identity(s) for s in stages[:lead]]})})
-        self._model = _hash(embedding_identity(recipe)) if self.enabled and any(
+        self._model = key_hash(embedding_identity(recipe)) if self.enabled and any(
             uses_embedder(s) for s in stages) else None
         self._base = base
         self.stage_entries: dict[int, Entry] = {}
         prev = self.read.key
         for i in range(lead, len(stages)):
             st = stages[i]
-            parts = {**base, "settings": _hash(stage_identity(st)), "upstream": prev}
+            parts = {**base, "settings": key_hash(stage_identity(st)), "upstream": prev}
             if uses_embedder(st):
                 parts["model"] = self._model
             self.stage_entries[i] = e = self._add(f"{i:02d}-{st.kind}", parts)
@@ -253,7 +146,7 @@ class StageCache:
     def feature(self, f) -> Entry:
         name = f"{'digest' if isinstance(f, Digest) else 'embedding'}-{f.view}"
         if name not in self.entries:
-            parts = {**self._base, "upstream": self.read.key, "settings": _hash([name])}
+            parts = {**self._base, "upstream": self.read.key, "settings": key_hash([name])}
             if isinstance(f, Embedding):
                 parts["model"] = self._model
             self._add(name, parts)
@@ -275,8 +168,8 @@ class StageCache:
 
     def save_read(self, state: ReadState, seconds: float) -> None:
         def write(d: Path) -> dict:
-            _write_parquet(d / "kept.parquet", state.kept)
-            _write_parquet(d / "removed.parquet", state.removed)
+            write_parquet(d / "kept.parquet", state.kept)
+            write_parquet(d / "removed.parquet", state.removed)
             return {"total": state.total, "kept": state.kept.num_rows, "removed": state.removed.num_rows,
                     "settings": state.settings}
 
@@ -289,7 +182,7 @@ class StageCache:
             if isinstance(f, Digest):
                 x = np.load(d / "digests.npy")
             else:
-                x = _load_parts(d, meta)
+                x = load_parts(d, meta)
                 e.info["embedder"] = meta.get("embedder")
             if rows is not None and len(x) != rows:
                 raise ValueError(f"{len(x)} rows, pass 1 kept {rows}")
@@ -302,7 +195,7 @@ class StageCache:
 
     def save_digests(self, f: Digest, x: np.ndarray, seconds: float) -> None:
         def write(d: Path) -> dict:
-            _write_npy(d / "digests.npy", x)
+            write_npy(d / "digests.npy", x)
             return {"rows": len(x)}
 
         self._save(self.feature(f), write, seconds)
@@ -340,7 +233,7 @@ class StageCache:
                 cols["duplicate_of"] = pa.array(np.asarray(d.duplicate_of, np.int64))
             for name, v in d.columns.items():
                 cols[f"column:{name}"] = pa.array(v if isinstance(v, np.ndarray) and v.dtype != object else list(v))
-            _write_parquet(dd / "decision.parquet", pa.table(cols))
+            write_parquet(dd / "decision.parquet", pa.table(cols))
             return {"rows": len(positions), "columns": list(d.columns), "decision_settings": d.settings,
                     "report": report}
 
@@ -361,7 +254,7 @@ class StageCache:
                   drops: list[tuple[int, str, str | None]], report: dict, seconds: float) -> None:
         def write(d: Path) -> dict:
             table = rows_table(ledger, stage, positions, drops)
-            _write_parquet(d / "rows.parquet", table)
+            write_parquet(d / "rows.parquet", table)
             return {"rows": table.num_rows, "report": report}
 
         self._save(self.stage_entries[index], write, seconds)
@@ -445,7 +338,7 @@ class StageCache:
         tmp.mkdir(parents=True)
         try:
             meta = write(tmp)
-            _write_json(tmp / "meta.json", {"name": e.name, "key": e.key, "parts": e.parts,
+            write_json(tmp / "meta.json", {"name": e.name, "key": e.key, "parts": e.parts,
                                             "seconds": round(seconds, 3), **meta})
             self._install(tmp, e)
         except Exception as exc:  # the run goes on; the stage is only not resumable
@@ -477,200 +370,6 @@ class _RowsDiffer(Exception):
     pass
 
 
-class EmbeddingFeed:
-    """Embeddings of the rows still in, batch by batch, in order: rows a killed run already
-    embedded come from its checkpoint parts; the rest are embedded and checkpointed every
-    PART_ROWS rows. `finish()` turns the parts into the cache entry."""
-
-    def __init__(self, cache: StageCache, entry: Entry, embedder: Callable[[], Any]):
-        self.cache, self.entry, self._embedder = cache, entry, embedder
-        self.dir = cache.root / f"{entry.dirname}.parts"
-        self.parts: list[tuple[int, int, str]] = []
-        self.prefix = np.zeros((0, 0), np.float32)
-        self.embedded = 0
-        self.reused = 0
-        self.seconds = 0.0  # spent embedding
-        self._pending: list[np.ndarray] = []
-        self._info: dict | None = None
-        if not cache.enabled:
-            return
-        for other in cache.root.glob(f"{entry.name}-*.parts") if cache.root.is_dir() else ():
-            if other != self.dir:
-                cache._discard(other)  # checkpoints of another key
-        if self.dir.is_dir():
-            try:
-                self._resume()
-            except Exception:  # damaged checkpoints: start again
-                self.parts, self.prefix = [], np.zeros((0, 0), np.float32)
-                cache._discard(self.dir)
-        if self.parts:
-            entry.status = f"partial ({self.done} rows checkpointed)"
-        self._start = self.done
-
-    def _resume(self) -> None:
-        found = {}
-        for p in self.dir.iterdir():
-            m = _PART.fullmatch(p.name)
-            if m:
-                found[int(m.group(1))] = (int(m.group(2)), p.name)
-        at, arrays = 0, []
-        while at in found:
-            stop, name = found[at]
-            x = np.load(self.dir / name, mmap_mode="r")
-            if x.ndim != 2 or len(x) != stop - at or x.dtype != np.float32:
-                break
-            self.parts.append((at, stop, name))
-            arrays.append(x)
-            at = stop
-        if arrays:
-            self.prefix = np.concatenate(arrays)
-        info = self.dir / "embedder.json"
-        self._info = json.loads(info.read_text()) if info.is_file() else None
-
-    @property
-    def done(self) -> int:
-        return self.parts[-1][1] if self.parts else 0
-
-    def embedder_info(self) -> dict | None:
-        return self._info
-
-    def encode(self, texts: list[str], start: int) -> np.ndarray:
-        """Embeddings of `texts`, the rows still in numbered start, start + 1, ..."""
-        out = []
-        cut = min(max(self.done - start, 0), len(texts))
-        if cut:
-            out.append(self.prefix[start:start + cut])
-            self.reused += cut
-        rest = texts[cut:]
-        if rest:
-            t0 = time.perf_counter()
-            embedder = self._embedder()
-            x = embedder.encode(rest)
-            self.seconds += time.perf_counter() - t0
-            self.embedded += len(rest)
-            out.append(x)
-            self._add(x, embedder)
-        return out[0] if len(out) == 1 else np.concatenate(out)
-
-    def dim(self) -> int:
-        if self.parts:
-            return self.prefix.shape[1]
-        embedder = self._embedder()
-        if self._info is None:
-            self._info = embedder.describe()
-        return embedder.dim
-
-    def _add(self, x: np.ndarray, embedder) -> None:
-        if not self.cache.enabled:
-            return
-        if self._info is None:
-            self._info = embedder.describe()
-        self._pending.append(x)
-        if sum(len(p) for p in self._pending) >= PART_ROWS:
-            self._checkpoint()
-
-    def _checkpoint(self) -> None:
-        if not self._pending:
-            return
-        x = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        a = self.done
-        name = f"part-{a:012d}-{a + len(x):012d}.npy"
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            if self._info is not None and not (self.dir / "embedder.json").is_file():
-                _write_json(self.dir / "embedder.json", self._info)
-            _write_npy(self.dir / name, x)
-        except OSError:
-            return  # not resumable from here; the run goes on
-        self.parts.append((a, a + len(x), name))
-        self._pending = []
-
-    def finish(self, rows: int, seconds: float) -> None:
-        """All `rows` embedded: seal the parts into the cache entry."""
-        e = self.entry
-        e.info.update(rows=rows, embedded=self.embedded, reused=self.reused, seconds=round(seconds, 3))
-        if not self.cache.enabled:
-            return
-        try:
-            self._checkpoint()
-            if self.done != rows:
-                raise ValueError(f"parts cover {self.done} of {rows} rows")
-            self.dir.mkdir(parents=True, exist_ok=True)
-            _write_json(self.dir / "meta.json", {"name": e.name, "key": e.key, "parts": e.parts,
-                                                 "seconds": round(seconds, 3), "rows": rows,
-                                                 "files": [[a, b, n] for a, b, n in self.parts],
-                                                 "embedder": self._info})
-            self.cache._install(self.dir, e)
-        except Exception as exc:
-            e.info["not_saved"] = f"{type(exc).__name__}: {exc}"
-
-
-def _load_parts(d: Path, meta: dict) -> np.ndarray:
-    arrays, at = [], 0
-    for a, b, name in meta["files"]:
-        x = np.load(d / name, mmap_mode="r")
-        if a != at or len(x) != b - a or x.ndim != 2 or x.dtype != np.float32:
-            raise ValueError(f"{name}: not rows {a}..{b} as float32")
-        arrays.append(x)
-        at = b
-    if at != meta["rows"]:
-        raise ValueError(f"parts cover {at} of {meta['rows']} rows")
-    if not arrays:
-        return np.zeros((0, int((meta.get("embedder") or {}).get("dim") or 0)), np.float32)
-    return np.concatenate(arrays) if len(arrays) > 1 else np.array(arrays[0])  # in memory, as a fresh run holds them
-
-
-# -- the ledger's records as tables, and back -----------------------------------------------------
-
-
-def removed_table(removed: list[tuple[int, str, str, str | None]]) -> pa.Table:
-    """Pass 1's removals (position, stage, reason, detail), in order."""
-    cols = list(zip(*removed)) if removed else [(), (), (), ()]
-    return pa.table({"position": pa.array(cols[0], pa.int64()), "stage": pa.array(cols[1], pa.string()),
-                     "reason": pa.array(cols[2], pa.string()), "detail": pa.array(cols[3], pa.string())})
-
-
-def apply_removed(ledger, table: pa.Table) -> None:
-    pos = table.column("position").to_pylist()
-    for p, stage, reason, detail in zip(pos, *(table.column(c).to_pylist() for c in ("stage", "reason", "detail"))):
-        ledger.remove(p, stage, reason, detail)
-
-
-def rows_table(ledger, stage: Stage, positions: np.ndarray, drops: list[tuple[int, str, str | None]]) -> pa.Table:
-    """What a row filter or annotator did: the rows it saw, which it dropped and why, the values
-    of its columns (numbers as the ledger holds them: float64, NaN for null)."""
-    why = {p: (r, d) for p, r, d in drops}
-    plist = positions.tolist()
-    cols: dict[str, Any] = {
-        "position": pa.array(positions, pa.int64()),
-        "drop_reason": pa.array([why[p][0] if p in why else None for p in plist], pa.string()),
-        "drop_detail": pa.array([why[p][1] if p in why else None for p in plist], pa.string()),
-    }
-    for f in stage.fields():
-        if f.name in ledger.numbers:
-            cols[f"field:{f.name}"] = pa.array(ledger.numbers[f.name][positions], pa.float64())
-        else:
-            store = ledger.objects[f.name]
-            cols[f"field:{f.name}"] = pa.array([store.get(p) for p in plist], ledger.types[f.name])
-    return pa.table(cols)
-
-
-def apply_rows(ledger, stage: Stage, table: pa.Table) -> np.ndarray:
-    """Replay `rows_table` into the ledger; returns which of the rows the stage dropped."""
-    positions = table.column("position").to_numpy()
-    for f in stage.fields():
-        col = table.column(f"field:{f.name}")
-        ledger.put(f.name, positions, col.to_numpy() if f.name in ledger.numbers else col.to_pylist())
-    reasons = table.column("drop_reason").to_pylist()
-    details = table.column("drop_detail").to_pylist()
-    dropped = np.zeros(len(positions), dtype=bool)
-    for i, reason in enumerate(reasons):
-        if reason is not None:
-            ledger.remove(int(positions[i]), stage.name, reason, details[i])
-            dropped[i] = True
-    return dropped
-
-
 # -- atomic files ------------------------------------------------------------------------------------
 
 
@@ -693,18 +392,3 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-
-
-def _write_npy(path: Path, x: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(x))
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(data, f, default=str)

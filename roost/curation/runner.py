@@ -34,7 +34,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from roost import __version__
 from roost.algorithms.exact_dedup import digest
-from roost.curation.cache import CACHE_DIR, ReadState, StageCache, apply_removed, apply_rows, removed_table
+from roost.curation.cache import CACHE_DIR, ReadState, StageCache
+from roost.curation.ledger import Ledger, apply_removed, apply_rows, removed_table
 from roost.dataset.rows import Parsed, check_share, parse
 from roost.dataset.sources import Source
 from roost.dataset.writer import (
@@ -72,62 +73,6 @@ class StageReport:
     removed: dict[str, int]
     settings: dict[str, Any] = field(default_factory=dict)
     cache: str | None = None  # hit, miss, partial (n rows checkpointed), stale (why), off (why)
-
-
-class Ledger:
-    """Per input row: why it was removed (a code), the number its detail is made from, the row
-    it duplicates, and the values of the columns stages add. Columnar: numpy arrays for
-    numbers (NaN = null), a dict only for values that are lists or text."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.codes: list[tuple[str, str]] = [("", "")]  # code 0: still in
-        self.fate = np.zeros(total, dtype=np.int16)
-        self.details: dict[int, str] = {}
-        self.measure = np.full(total, np.nan)
-        self.ref = np.full(total, -1, dtype=np.int64)  # position of the row it duplicates
-        self.numbers: dict[str, np.ndarray] = {}
-        self.objects: dict[str, dict[int, Any]] = {}
-        self.types: dict[str, pa.DataType] = {}
-
-    def code(self, stage: str, reason: str) -> int:
-        if (stage, reason) not in self.codes:
-            self.codes.append((stage, reason))
-        return self.codes.index((stage, reason))
-
-    def remove(self, pos: int, stage: str, reason: str, detail: str | None = None) -> None:
-        self.fate[pos] = self.code(stage, reason)
-        if detail:
-            self.details[pos] = detail
-
-    def counts(self, stage: str | None = None) -> dict[str, int]:
-        hist = np.bincount(self.fate, minlength=len(self.codes))
-        return {r: int(hist[c]) for c, (st, r) in enumerate(self.codes)
-                if c and hist[c] and (stage is None or st == stage)}
-
-    def declare(self, f: pa.Field) -> None:
-        self.types[f.name] = f.type
-        if pa.types.is_floating(f.type) or pa.types.is_integer(f.type):
-            self.numbers[f.name] = np.full(self.total, np.nan)
-        else:
-            self.objects[f.name] = {}
-
-    def put(self, name: str, positions: np.ndarray, values) -> None:
-        if name in self.numbers:
-            self.numbers[name][positions] = np.asarray(
-                [np.nan if v is None else v for v in values] if isinstance(values, list) else values, dtype=np.float64)
-        else:
-            store = self.objects[name]
-            for p, v in zip(positions.tolist(), values):
-                store[p] = v
-
-    def get(self, name: str, pos: int):
-        if name in self.numbers:
-            v = self.numbers[name][pos]
-            if math.isnan(v):
-                return None
-            return int(v) if pa.types.is_integer(self.types[name]) else float(v)
-        return self.objects[name].get(pos)
 
 
 class Context:

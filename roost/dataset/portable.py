@@ -152,7 +152,7 @@ def _within(path: str, base: str) -> bool:
 
 def _model_digest(path: str) -> str | None:
     try:
-        from roost.engines.vllm_engine import resolve_revision
+        from roost.engines.common import resolve_revision
 
         return resolve_revision(path, None)
     except Exception:  # an unreadable directory is still named, without a digest

@@ -301,7 +301,7 @@ class HFScoringEngine:
         return result
 
     def describe(self) -> dict[str, Any]:
-        from roost.engines.vllm_engine import resolve_revision
+        from roost.engines.common import resolve_revision
 
         return {
             "engine": "transformers",

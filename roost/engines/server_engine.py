@@ -513,7 +513,7 @@ class ServerEngine:
                 bar.close()
 
     def describe(self) -> dict[str, Any]:
-        from roost.engines.vllm_engine import resolve_revision
+        from roost.engines.common import resolve_revision
 
         return {
             "engine": "vllm-server",
@@ -534,9 +534,9 @@ class ServerEngine:
 def _bar(progress: str | None, total: int):
     if not progress:
         return None
-    from roost.engines.vllm_engine import _progress_bar
+    from roost.engines.common import progress_bar
 
-    factory = _progress_bar(progress)
+    factory = progress_bar(progress)
     return factory(total=total) if factory else None
 
 

@@ -81,17 +81,14 @@ the engine generates past a stop string up to a stop token or max_tokens.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import sys
 import threading
-import warnings
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Sequence
 
 from roost.engines.base import Completion, Generation, Sampling, derive_seed, holds, render_chat
+from roost.engines.common import progress_bar, resolve_revision
 from roost.engines.config import EngineConfig
 
 # How a seeded call is made reproducible (recorded by `describe()`).
@@ -215,9 +212,9 @@ class VLLMEngine:
         with self._lock, _refused_as_model_error(self, samplings):
             token_prompts = self._token_prompts(prompts)
             if reseed:
-                outputs = self._generate_reseeded(token_prompts, params, seed, _progress_bar(progress))
+                outputs = self._generate_reseeded(token_prompts, params, seed, progress_bar(progress))
             else:
-                outputs = self._llm.generate(token_prompts, params, use_tqdm=_progress_bar(progress))
+                outputs = self._llm.generate(token_prompts, params, use_tqdm=progress_bar(progress))
             generations = [
                 Generation(
                     prompt=prompt,
@@ -269,7 +266,7 @@ class VLLMEngine:
             max_tokens=1, temperature=0.0, allowed_token_ids=ids, logprobs=len(ids)
         )
         with self._lock:
-            outputs = self._llm.generate(self._token_prompts(prompts), params, use_tqdm=_progress_bar(progress))
+            outputs = self._llm.generate(self._token_prompts(prompts), params, use_tqdm=progress_bar(progress))
         result: list[list[float] | None] = []
         for out in outputs:
             first = (out.outputs[0].logprobs or [None])[0]
@@ -393,46 +390,6 @@ def _cut_at_stop_strings(c: Completion, stop: Sequence[str], decode) -> Completi
         stop_reason=s,
         logprobs=c.logprobs[:keep] if c.logprobs is not None else None,
     )
-
-
-def _progress_bar(desc: str | None):
-    # Live bars only on a terminal: piped into a log, rich redraws would repeat every line.
-    if not desc or not sys.stderr.isatty():
-        return False
-    from tqdm import TqdmExperimentalWarning
-    from tqdm.rich import tqdm as rich_tqdm
-
-    warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
-
-    def factory(*args, **kwargs):
-        kwargs.pop("dynamic_ncols", None)
-        kwargs["desc"] = desc
-        return rich_tqdm(*args, **kwargs)
-
-    return factory
-
-
-def resolve_revision(model: str, revision: str | None) -> str | None:
-    """A commit for hub models (best effort, needs the hub), a content hash for local dirs."""
-    path = Path(model)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(path.iterdir()):
-            if f.is_file() and f.suffix in {".json", ".jinja", ".safetensors", ".model", ".txt"}:
-                h.update(f.name.encode())
-                if f.stat().st_size <= 64 << 20:
-                    h.update(f.read_bytes())
-                else:
-                    h.update(str(f.stat().st_size).encode())
-        return "local-sha256:" + h.hexdigest()[:16]
-    if revision and len(revision) == 40:
-        return revision
-    try:
-        from huggingface_hub import HfApi
-
-        return HfApi().model_info(model, revision=revision).sha
-    except Exception:
-        return revision
 
 
 def shutdown(llm) -> None:

@@ -98,14 +98,14 @@ class VLLMPoolingEngine:
         """Raw classifier outputs (logits) per token-id prompt, in input order."""
         from vllm.pooling_params import PoolingParams
 
-        from roost.engines.vllm_engine import _progress_bar
+        from roost.engines.common import progress_bar
 
         if not token_ids:
             return []
         prompts = [{"prompt_token_ids": self._strip_trailing_pad(ids)} for ids in token_ids]
         with self._lock:
             outputs = self._llm.classify(
-                prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=_progress_bar(progress)
+                prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=progress_bar(progress)
             )
         return [[float(x) for x in out.outputs.probs] for out in outputs]
 

@@ -141,7 +141,7 @@ class EvalRecipe(EvalSettings):
         same path is a new evaluation, never the old one's outcomes."""
         from pathlib import Path
 
-        from roost.engines.vllm_engine import resolve_revision
+        from roost.engines.common import resolve_revision
 
         path = Path(self.model.model).expanduser()
         return fingerprint(self, contents={"model": resolve_revision(str(path), None)} if path.is_dir() else None)

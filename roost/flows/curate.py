@@ -1,4 +1,4 @@
-"""Prefect flow for `roost curate`: thin wiring over roost.curate.
+"""Prefect flow for `roost curate`: thin wiring over roost.curation.runner.
 
 Curation is one task: dedup and selection are global over the whole input, and the stages
 share in-memory state (embeddings, decisions) that is cheaper to keep than to persist.

@@ -3,13 +3,17 @@
 Texts are the parts of a row people read: the instruction (the first user turn of an SFT
 conversation, the last user turn of a preference prompt) and the response (the last
 assistant turn; `chosen` and `rejected` for preference rows). Their lengths are counted in
-characters. Scores are the numeric columns roost's synthesizers and stages write.
+characters. Scores are the numeric columns roost's synthesizers and stages write: the
+synthesizers' are listed here, each curation stage declares its own with its panels
+(`Stage.report_panels`), so a new stage's columns are drawn without editing this module.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import polars as pl
+
+from roost.report.panels import Panel
 
 
 @dataclass(frozen=True)
@@ -18,18 +22,6 @@ class Measure:
     label: str  # axis label, with its unit
     expr: pl.Expr
     integer: bool = False  # lengths: histogram bins on whole numbers
-
-
-@dataclass(frozen=True)
-class Panel:
-    """One histogram plot: measures sharing bin edges, drawn over each other."""
-
-    key: str
-    title: str
-    figure: str  # file stem of the figure it belongs to
-    measures: tuple[str, ...]
-    marker: str | None = None  # a threshold the panel marks: key of Summary.thresholds
-    xlabel: str | None = None  # default: the first measure's label
 
 
 def _is_messages(dtype: pl.DataType) -> bool:
@@ -73,52 +65,59 @@ def texts(schema: pl.Schema) -> dict[str, pl.Expr]:
     return {name: expr for name, expr in found.items() if expr is not None}
 
 
-# Score columns roost writes, in the order they are shown, with their axis labels.
-SCORES = {
-    "deita_score": "deita score (complexity x quality)",
-    "reward": "reward",
-    "chosen_reward": "reward",
-    "rejected_reward": "reward",
-    "reward_margin": "reward margin (chosen - rejected)",
+# Score columns the synthesizers write, with their axis labels (the stages' come with their panels).
+SYNTHESIZER_SCORES = {
     "chosen_score": "reward-model score",
     "rejected_score": "reward-model score",
     "score_gap": "score gap (chosen - rejected)",
     "chosen_probs": "P(chosen beats the other samples)",
     "solve_rate": "solve rate of the problem",
-    "nearest_similarity": "cosine similarity to the nearest other row",
 }
+
+
+def _stage_panels() -> list[Panel]:
+    from roost.stages.base import STAGES
+
+    return [panel for kind in STAGES.kinds() for panel in STAGES.get(kind).report_panels]
+
+
+def scores() -> dict[str, str]:
+    """Score columns roost writes, in the order they are shown, with their axis labels."""
+    stages = {column: label for panel in _stage_panels() for column, label in panel.labels.items()}
+    return {**stages, **SYNTHESIZER_SCORES}
 
 
 def measures(schema: pl.Schema) -> list[Measure]:
     """Every measure this schema allows: text lengths first, then scores."""
     out = [Measure(f"{name}_chars", f"{name} length (characters)", expr.str.len_chars(), integer=True)
            for name, expr in texts(schema).items()]
-    for name, label in SCORES.items():
+    for name, label in scores().items():
         dtype = schema.get(name)
         if dtype is not None and dtype.is_numeric():
             out.append(Measure(name, label, pl.col(name).cast(pl.Float64).fill_nan(None)))
     return out
 
 
-# Every histogram the report can draw; a panel is drawn when all its measures exist.
-PANELS = (
+# The histograms of text lengths and of the synthesizers' columns; a panel is drawn when all
+# its measures exist. The stages' panels come between the two (all_panels).
+LENGTH_PANELS = (
     Panel("instruction_length", "Instruction length", "lengths", ("instruction_chars",)),
     Panel("response_length", "Response length", "lengths", ("response_chars",)),
     Panel("response_length", "Response length: chosen vs rejected", "lengths", ("chosen_chars", "rejected_chars"),
           xlabel="response length (characters)"),
-    Panel("deita", "Deita score", "deita", ("deita_score",)),
-    Panel("reward", "Reward", "reward", ("reward",)),
-    Panel("reward", "Reward: chosen vs rejected", "reward", ("chosen_reward", "rejected_reward"),
-          xlabel="reward (curation's reward model)"),
-    Panel("reward_margin", "Reward margin", "reward", ("reward_margin",), marker="zero"),
+)
+SYNTHESIZER_PANELS = (
     Panel("pair_scores", "Score at pairing: chosen vs rejected", "score-gap", ("chosen_score", "rejected_score"),
           xlabel="reward-model score (at pairing)"),
     Panel("score_gap", "Score gap, with the easy/hard cut", "score-gap", ("score_gap",), marker="difficulty"),
     Panel("sppo", "SPPO: chosen's win probability", "sppo", ("chosen_probs",)),
     Panel("solve_rate", "Step-DPO: problem solve rate", "solve-rate", ("solve_rate",)),
-    Panel("similarity", "Semantic dedup: nearest-neighbour similarity", "dedup-similarity",
-          ("nearest_similarity", "removed_similarity"), marker="semantic_dedup"),
 )
+
+
+def all_panels() -> list[Panel]:
+    """Every histogram the report can draw, in the order it shows them."""
+    return [*LENGTH_PANELS, *_stage_panels(), *SYNTHESIZER_PANELS]
 
 # Rows semantic dedup removed carry their similarity in the reject's detail: "cosine 0.9512 >= 0.9".
 REMOVED_SIMILARITY = "removed_similarity"
@@ -131,7 +130,7 @@ def removed_similarity() -> pl.Expr:
 def panels(names: set[str]) -> list[Panel]:
     """The panels whose measures are present (the dedup panel needs only the kept rows' measure)."""
     found = []
-    for p in PANELS:
+    for p in all_panels():
         needed = set(p.measures) - {REMOVED_SIMILARITY}
         if needed <= names:
             found.append(p)

@@ -14,7 +14,7 @@ from roost import __version__
 from roost.dataset.writer import atomic_write_bytes
 from roost.errors import ConfigError
 from roost.report.columns import REMOVED_SIMILARITY
-from roost.report.plots import TITLES, figures
+from roost.report.plots import figures, titles
 from roost.report.summary import SAMPLE_CHARS, Summary, summarize
 
 REPORT_DIR = "report"
@@ -84,7 +84,7 @@ def render(summary: Summary, figs: dict[str, bytes]) -> str:
     items = []
     for stem, png in figs.items():
         width, height = _png_size(png)
-        items.append({"stem": stem, "title": TITLES[stem], "caption": _caption(stem, summary),
+        items.append({"stem": stem, "title": titles()[stem], "caption": _caption(stem, summary),
                       "uri": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
                       "width": width, "height": height, "measures": measures.get(stem, [])})
     its = summary.iterations
@@ -99,7 +99,7 @@ def write_figures(out: Path, figs: dict[str, bytes]) -> dict[str, Path]:
     folder = figure_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.png"):
-        if old.stem in TITLES and old.stem not in figs:
+        if old.stem in titles() and old.stem not in figs:
             old.unlink()
     paths = {}
     for stem, png in figs.items():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from roost.report.html import num
-from roost.report.plots import TITLES
+from roost.report.plots import titles
 from roost.report.summary import STATS, Summary
 
 
@@ -62,5 +62,5 @@ def card_markdown(summary: Summary, figure_paths: dict[str, str]) -> str:
                               *(it["eval"]["metrics"].get(m) for m in HELD_OUT)]
                              for it in summary.iterations if it.get("eval")])
     for name, path in figure_paths.items():
-        lines += [f"![{TITLES.get(name, name)}]({path})", ""]
+        lines += [f"![{titles().get(name, name)}]({path})", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -32,6 +32,20 @@ TITLES = {
     "rejects": "Rejects by stage and reason",
     "iterations": "Per-iteration comparison",
 }
+_AFTER_HISTOGRAMS = ("stages", "rejects", "iterations")
+
+
+def titles() -> dict[str, str]:
+    """Figure stem -> title, in report order: TITLES, with any figure a stage's own panels name
+    (roost.stages.base.Stage.report_panels) after the built-in histograms, titled by its first panel."""
+    from roost.report.columns import all_panels
+
+    extra: dict[str, str] = {}
+    for panel in all_panels():
+        if panel.figure not in TITLES:
+            extra.setdefault(panel.figure, panel.title)
+    head = {k: v for k, v in TITLES.items() if k not in _AFTER_HISTOGRAMS}
+    return {**head, **extra, **{k: TITLES[k] for k in _AFTER_HISTOGRAMS}}
 
 
 def _legend_name(measure: str) -> str:
@@ -219,4 +233,4 @@ def figures(summary: Summary) -> dict[str, bytes]:
             "stages": _stages_figure, "rejects": _rejects_figure, "iterations": _iterations_figure}
         made.update((k, f(summary)) for k, f in drawers.items())
         made.update(_histogram_figures(summary))
-    return {stem: made[stem] for stem in TITLES if made.get(stem)}
+    return {stem: made[stem] for stem in titles() if made.get(stem)}

@@ -314,7 +314,7 @@ class RewardScorer:
         return "model .score if present, else outputs[0]"
 
     def describe(self) -> dict[str, Any]:
-        from roost.engines.vllm_engine import resolve_revision
+        from roost.engines.common import resolve_revision
 
         b = self._backend
         info = {

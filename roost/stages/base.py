@@ -5,15 +5,17 @@
 - `SetStage`: decides over all surviving rows at once (dedup, selection) from per-row
   `features` the runner computed in its first pass (key digests, embeddings).
 
-The runner (`roost.curate`) alone owns the passes over the input, the ledger of decisions,
+The runner (roost.curation.runner) alone owns the passes over the input, the ledger of decisions,
 the counts, the rejects, the progress bars and the output schema (input columns plus each
 stage's declared `fields`). A stage is one module: its `Config` (with `kind`) and its class,
-decorated with `@STAGES.register`.
+decorated with `@STAGES.register`, declaring on the class what others need to know of it: its
+score columns (a later selection ranks by them), whether it uses the embedder (its cache key),
+its `roost curate` flags (`options`) and its report panels (`report_panels`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, Callable, ClassVar, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +25,7 @@ from roost.algorithms.base import Drop
 from roost.config import Strict, canonical
 from roost.dataset.rows import VIEWS, Parsed
 from roost.registry import Registry
+from roost.report.panels import Panel
 
 # Shared by the stages' configs: which text of a row a stage reads (roost.dataset.rows.VIEWS; auto:
 # the first instruction for SFT rows, the prompt for preference rows), and a model given by
@@ -37,7 +40,7 @@ def engine_config(value: Any) -> Any:
 
 STAGES = Registry("roost.stages", "curation stage")
 
-__all__ = ["Annotation", "Annotator", "Digest", "Drop", "Embedding", "RowFilter", "STAGES", "SetDecision",
+__all__ = ["Annotation", "Annotator", "Digest", "Drop", "Embedding", "Option", "Panel", "RowFilter", "STAGES", "SetDecision",
            "SetStage", "Stage", "StageConfig", "Survivors"]
 
 
@@ -62,6 +65,29 @@ class StageConfig(Strict):
 
 
 @dataclass(frozen=True)
+class Option:
+    """A `roost curate` flag (and keyword of roost.curate) a stage declares: given, it edits the
+    stage's raw config (`apply(config, value)`, a dict), adding the stage to the recipe when the
+    recipe has none; `apply` returning False takes the stage out instead (`--no-semantic`)."""
+
+    name: str  # the keyword; the flag is --<name with dashes>
+    type: type
+    help: str
+    apply: Callable[[dict, Any], bool | None]
+    flag: str | None = None  # typer's declaration when it is not --<name> ("--semantic/--no-semantic")
+
+
+def setting(name: str) -> Callable[[dict, Any], None]:
+    """An Option's `apply` that sets one field of the stage's config."""
+    return lambda config, value: config.__setitem__(name, value)
+
+
+def server_url(config: dict | None, url: str) -> dict:
+    """A server block of a stage's config (a URL, a mapping or nothing) with its URL replaced."""
+    return {**(config if isinstance(config, dict) else {}), "url": url}
+
+
+@dataclass(frozen=True)
 class Digest:
     """Feature: 16-byte hash of a normalized text view (exact dedup)."""
 
@@ -83,10 +109,14 @@ class Stage:
     # Whether the stage's results depend on the embedding model (part of its cache key). None:
     # a set stage uses it when it asks for an Embedding feature; any other stage is assumed to.
     uses_embedder: ClassVar[bool | None] = None
+    # `roost curate` flags that set this stage's settings (roost.cli, roost.api.curate_recipe)
+    options: ClassVar[tuple[Option, ...]] = ()
+    # histograms `roost report` draws of the columns this stage writes, when they are present
+    report_panels: ClassVar[tuple[Panel, ...]] = ()
 
     def __init__(self, config: StageConfig, context: Any):
         self.config = config
-        self.context = context  # roost.curate.Context: row kind, embedder, earlier stages' columns
+        self.context = context  # roost.curation.runner.Context: row kind, embedder, earlier stages' columns
 
     def check(self) -> None:
         """Refuse settings that cannot work, before any row is read (raise ConfigError)."""

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from roost.config import throughput
 from roost.engines.config import ServerConfig
-from roost.stages.base import STAGES, Annotation, Annotator, StageConfig
+from roost.stages.base import STAGES, Annotation, Annotator, Option, Panel, StageConfig, server_url, setting
 
 
 class DeitaConfig(StageConfig):
@@ -34,6 +34,16 @@ class Deita(Annotator):
     kind = "deita"
     Config = DeitaConfig
     score_columns = ("deita_score",)
+    options = (
+        Option("scorer", str, "one model for both deita scores (adds the deita stage)",
+               lambda c, v: c.update(complexity_model=v, quality_model=v)),
+        Option("complexity_model", str, "deita complexity scorer (adds the deita stage)", setting("complexity_model")),
+        Option("quality_model", str, "deita quality scorer (adds the deita stage)", setting("quality_model")),
+        Option("scorer_server", str, "URL of a vLLM server serving the deita scorer model (deita stage's server)",
+               lambda c, v: c.__setitem__("server", server_url(c.get("server"), v))),
+    )
+    report_panels = (Panel("deita", "Deita score", "deita", ("deita_score",),
+                           labels={"deita_score": "deita score (complexity x quality)"}),)
     uses_embedder = False
 
     def __init__(self, config: DeitaConfig, context):

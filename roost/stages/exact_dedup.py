@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 
 from roost.algorithms.exact_dedup import dedup_digests
-from roost.stages.base import STAGES, Digest, SetDecision, SetStage, StageConfig, Survivors, View
+from roost.stages.base import STAGES, Digest, Option, SetDecision, SetStage, StageConfig, Survivors, View, setting
 
 
 class ExactDedupConfig(StageConfig):
@@ -19,6 +19,7 @@ class ExactDedupConfig(StageConfig):
 class ExactDedup(SetStage):
     kind = "exact_dedup"
     Config = ExactDedupConfig
+    options = (Option("exact_field", str, "exact dedup view: first_instruction, prompt, conversation, ...", setting("view")),)
 
     def features(self):
         return [Digest(self.view)]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from roost.engines.config import RewardModelConfig
-from roost.stages.base import STAGES, Annotation, Annotator, Drop, StageConfig
+from roost.stages.base import STAGES, Annotation, Annotator, Drop, Option, Panel, StageConfig, server_url
 
 
 class RewardConfig(StageConfig):
@@ -28,6 +28,20 @@ class Reward(Annotator):
     Config = RewardConfig
     score_columns = ("reward", "chosen_reward", "reward_margin")
     uses_embedder = False
+    options = (
+        Option("reward_model", str, "reward model (adds the reward stage)",
+               lambda c, v: c.__setitem__("model", {**(c.get("model") or {}), "model": v})),
+        Option("reward_server", str, "URL of a vLLM server serving the reward model (reward model's server)",
+               lambda c, v: c.__setitem__("model", {**(c.get("model") or {}),
+                                                    "server": server_url((c.get("model") or {}).get("server"), v)})),
+    )
+    report_panels = (
+        Panel("reward", "Reward", "reward", ("reward",), labels={"reward": "reward"}),
+        Panel("reward", "Reward: chosen vs rejected", "reward", ("chosen_reward", "rejected_reward"),
+              xlabel="reward (curation's reward model)", labels={"chosen_reward": "reward", "rejected_reward": "reward"}),
+        Panel("reward_margin", "Reward margin", "reward", ("reward_margin",), marker="zero",
+              labels={"reward_margin": "reward margin (chosen - rejected)"}),
+    )
 
     def __init__(self, config: RewardConfig, context):
         super().__init__(config, context)

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from roost.stages.base import STAGES, Embedding, SetDecision, SetStage, StageConfig, Survivors, View
+from roost.stages.base import STAGES, Embedding, Option, SetDecision, SetStage, StageConfig, Survivors, View, setting
 
 
 class SelectionConfig(StageConfig):
@@ -25,6 +25,10 @@ class SelectionConfig(StageConfig):
 class Selection(SetStage):
     kind = "selection"
     Config = SelectionConfig
+    options = (
+        Option("budget", int, "select at most this many rows, best score first (adds selection)", setting("budget")),
+        Option("tau", float, "selection: max cosine similarity to an already selected row", setting("tau")),
+    )
 
     def check(self) -> None:
         self.context.score_column(self, self.config.score)

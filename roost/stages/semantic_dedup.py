@@ -8,7 +8,18 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from roost.stages.base import STAGES, Embedding, SetDecision, SetStage, StageConfig, Survivors, View
+from roost.stages.base import (
+    STAGES,
+    Embedding,
+    Option,
+    Panel,
+    SetDecision,
+    SetStage,
+    StageConfig,
+    Survivors,
+    View,
+    setting,
+)
 
 
 class SemanticDedupConfig(StageConfig):
@@ -32,6 +43,15 @@ class SemanticDedupConfig(StageConfig):
 class SemanticDedup(SetStage):
     kind = "semantic_dedup"
     Config = SemanticDedupConfig
+    options = (
+        Option("semantic", bool, "semantic dedup on/off", lambda c, v: v, flag="--semantic/--no-semantic"),
+        Option("threshold", float, "semantic dedup: cosine similarity that counts as duplicate (default 0.9; 0.94 "
+               "with static embeddings)", setting("threshold")),
+    )
+    # rows it removed carry their similarity in the reject's detail (roost.report.columns.removed_similarity)
+    report_panels = (Panel("similarity", "Semantic dedup: nearest-neighbour similarity", "dedup-similarity",
+                           ("nearest_similarity", "removed_similarity"), marker="semantic_dedup",
+                           labels={"nearest_similarity": "cosine similarity to the nearest other row"}),)
 
     def features(self):
         return [Embedding(self.view)]
@@ -67,8 +87,7 @@ class SemanticDedup(SetStage):
             scores=None if priority is None else [None if np.isnan(v) else float(v) for v in priority],
             k=cfg.k, index=cfg.index,
         )
-        near = np.array([-1 if v is None else int(v) for v in result.tags["nearest_id"]], dtype=np.int64)
-        dup = np.array([-1 if v is None else int(v) for v in result.duplicate_of], dtype=np.int64)
+        near, dup = result.nearest_index, result.duplicate_index  # positions among the survivors
         removed = ~result.keep
         return SetDecision(
             keep=result.keep,

@@ -10,7 +10,7 @@ with `@SYNTHESIZERS.register` that declares
 - `provenance()`: what made the rows (sampling, templates, scoring models...);
 - `subsets` (optional): other configs of the same output written beside `data/` per shard
   (e.g. process labels next to the pairs), from `ShardOutput.subsets`.
-`roost.build` runs any of them; it names none.
+`roost.building.runner.Build` runs any of them; it names none.
 """
 from __future__ import annotations
 
