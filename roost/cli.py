@@ -99,7 +99,10 @@ def _run_flow(flow, here, *args):
     console.print("[yellow]warning: the Prefect server stopped answering; going on without it (this run's end "
                   "is not recorded there)[/]", highlight=False, soft_wrap=True)
     _detach_prefect()
-    return here(*args)
+    try:
+        return here(*args)
+    finally:
+        _detach_prefect()  # and any sender the failing flow run's last calls started since
 
 
 def _server_gone(error: BaseException) -> bool:
