@@ -96,3 +96,17 @@ def test_a_stage_registered_from_a_test_file_runs_through_curate_report_and_help
     STAGES.unregister("words")
     with pytest.raises(ConfigError, match="stages"):
         load_curate_recipe(None, {"input.path": str(data), "stages": [{"kind": "words"}]})
+
+
+def test_the_plugins_declare_their_panels_without_loading_the_plotting_libraries():
+    import subprocess
+    import sys
+
+    code = ("import sys; from roost.stages.base import STAGES; from roost.synthesizers.base import SYNTHESIZERS; "
+            "STAGES.load(); SYNTHESIZERS.load(); "
+            "heavy = [m for m in ('polars', 'matplotlib', 'vllm', 'torch') if m in sys.modules]; assert not heavy, heavy; "
+            "panels = [p for r in (STAGES, SYNTHESIZERS) for k in r.kinds() for p in r.get(k).report_panels]; "
+            "assert {'deita', 'reward', 'similarity', 'score_gap', 'sppo', 'solve_rate'} <= {p.key for p in panels}; "
+            "print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -3,9 +3,9 @@
 Texts are the parts of a row people read: the instruction (the first user turn of an SFT
 conversation, the last user turn of a preference prompt) and the response (the last
 assistant turn; `chosen` and `rejected` for preference rows). Their lengths are counted in
-characters. Scores are the numeric columns roost's synthesizers and stages write: the
-synthesizers' are listed here, each curation stage declares its own with its panels
-(`Stage.report_panels`), so a new stage's columns are drawn without editing this module.
+characters. Scores are the numeric columns roost's synthesizers and stages write: each declares
+its own with its panels (`report_panels` on the plug-in's class), so a new plug-in's columns are
+drawn without editing this module.
 """
 from __future__ import annotations
 
@@ -65,26 +65,18 @@ def texts(schema: pl.Schema) -> dict[str, pl.Expr]:
     return {name: expr for name, expr in found.items() if expr is not None}
 
 
-# Score columns the synthesizers write, with their axis labels (the stages' come with their panels).
-SYNTHESIZER_SCORES = {
-    "chosen_score": "reward-model score",
-    "rejected_score": "reward-model score",
-    "score_gap": "score gap (chosen - rejected)",
-    "chosen_probs": "P(chosen beats the other samples)",
-    "solve_rate": "solve rate of the problem",
-}
-
-
-def _stage_panels() -> list[Panel]:
+def _plugin_panels() -> list[Panel]:
+    """The panels the curation stages, then the synthesizers, declare (`report_panels`)."""
     from roost.stages.base import STAGES
+    from roost.synthesizers.base import SYNTHESIZERS
 
-    return [panel for kind in STAGES.kinds() for panel in STAGES.get(kind).report_panels]
+    return [panel for registry in (STAGES, SYNTHESIZERS) for kind in registry.kinds()
+            for panel in registry.get(kind).report_panels]
 
 
 def scores() -> dict[str, str]:
     """Score columns roost writes, in the order they are shown, with their axis labels."""
-    stages = {column: label for panel in _stage_panels() for column, label in panel.labels.items()}
-    return {**stages, **SYNTHESIZER_SCORES}
+    return {column: label for panel in _plugin_panels() for column, label in panel.labels.items()}
 
 
 def measures(schema: pl.Schema) -> list[Measure]:
@@ -98,26 +90,20 @@ def measures(schema: pl.Schema) -> list[Measure]:
     return out
 
 
-# The histograms of text lengths and of the synthesizers' columns; a panel is drawn when all
-# its measures exist. The stages' panels come between the two (all_panels).
+# The histograms of text lengths; a panel is drawn when all its measures exist. The plug-ins'
+# panels follow (all_panels).
 LENGTH_PANELS = (
     Panel("instruction_length", "Instruction length", "lengths", ("instruction_chars",)),
     Panel("response_length", "Response length", "lengths", ("response_chars",)),
     Panel("response_length", "Response length: chosen vs rejected", "lengths", ("chosen_chars", "rejected_chars"),
           xlabel="response length (characters)"),
 )
-SYNTHESIZER_PANELS = (
-    Panel("pair_scores", "Score at pairing: chosen vs rejected", "score-gap", ("chosen_score", "rejected_score"),
-          xlabel="reward-model score (at pairing)"),
-    Panel("score_gap", "Score gap, with the easy/hard cut", "score-gap", ("score_gap",), marker="difficulty"),
-    Panel("sppo", "SPPO: chosen's win probability", "sppo", ("chosen_probs",)),
-    Panel("solve_rate", "Step-DPO: problem solve rate", "solve-rate", ("solve_rate",)),
-)
 
 
 def all_panels() -> list[Panel]:
     """Every histogram the report can draw, in the order it shows them."""
-    return [*LENGTH_PANELS, *_stage_panels(), *SYNTHESIZER_PANELS]
+    return [*LENGTH_PANELS, *_plugin_panels()]
+
 
 # Rows semantic dedup removed carry their similarity in the reject's detail: "cosine 0.9512 >= 0.9".
 REMOVED_SIMILARITY = "removed_similarity"

@@ -24,6 +24,7 @@ from roost.dataset.writer import Reject
 from roost.engines.base import derive_seed
 from roost.errors import ConfigError, InputError
 from roost.registry import Registry
+from roost.report.panels import Panel
 from roost.schemas import RowSchema
 
 SYNTHESIZERS = Registry("roost.synthesizers", "synthesizer")
@@ -108,6 +109,8 @@ class Synthesizer:
     schema: ClassVar[RowSchema]
     # other configs of the same output, written per shard beside data/ (`<out>/<name>/`)
     subsets: ClassVar[dict[str, pa.Schema]] = {}
+    # histograms `roost report` draws of the columns it writes, when they are present
+    report_panels: ClassVar[tuple[Panel, ...]] = ()
 
     def __init__(self, config: SynthesizerConfig, recipe):
         self.config = config

@@ -44,6 +44,7 @@ from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator,
 from roost.config import SamplingConfig, Strict
 from roost.dataset.writer import Reject
 from roost.engines.config import EngineConfig, RewardModelConfig
+from roost.report.panels import Panel
 from roost.schemas import PREFERENCE_ROWS, row_id
 from roost.scorers.verifier import VERIFIER_COLUMNS, VerifierConfig, same_outcome, verifier_columns
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, SynthesizerConfig
@@ -137,6 +138,13 @@ class RewardPairs(PromptedSynthesizer):
     kind = "reward_pairs"
     Config = RewardPairsConfig
     schema = PAIRS
+    report_panels = (
+        Panel("pair_scores", "Score at pairing: chosen vs rejected", "score-gap", ("chosen_score", "rejected_score"),
+              xlabel="reward-model score (at pairing)",
+              labels={"chosen_score": "reward-model score", "rejected_score": "reward-model score"}),
+        Panel("score_gap", "Score gap, with the easy/hard cut", "score-gap", ("score_gap",), marker="difficulty",
+              labels={"score_gap": "score gap (chosen - rejected)"}),
+    )
 
     # -- plan ---------------------------------------------------------------------------------
 

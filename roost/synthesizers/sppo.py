@@ -55,6 +55,7 @@ from roost.config import SamplingConfig, Strict
 from roost.dataset.writer import Reject
 from roost.engines.config import EngineConfig, RewardModelConfig
 from roost.judges.pairwise import PairwiseJudgeConfig
+from roost.report.panels import Panel
 from roost.schemas import MESSAGES, PREFERENCE_ROWS, row_id
 from roost.scorers.verifier import VERIFIER_COLUMNS, VerifierConfig, same_outcome, verifier_columns
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, SynthesizerConfig
@@ -214,6 +215,8 @@ class Sppo(PromptedSynthesizer):
     kind = "sppo"
     Config = SppoConfig
     schema = SPPO_ROWS
+    report_panels = (Panel("sppo", "SPPO: chosen's win probability", "sppo", ("chosen_probs",),
+                           labels={"chosen_probs": "P(chosen beats the other samples)"}),)
 
     def __init__(self, config: SppoConfig, recipe):
         super().__init__(config, recipe)

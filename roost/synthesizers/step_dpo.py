@@ -76,6 +76,7 @@ from roost.reasoning.steps import (
     locate,
     split_steps,
 )
+from roost.report.panels import Panel
 from roost.schemas import RowSchema, row_id
 from roost.synthesizers.base import SYNTHESIZERS, Shard, ShardOutput, Synthesizer, SynthesizerConfig
 from roost.synthesizers.common.prompted import SAMPLED
@@ -264,6 +265,8 @@ class StepDpo(Synthesizer):
     kind = "step_dpo"
     Config = StepDpoConfig
     schema = STEP_PAIRS
+    report_panels = (Panel("solve_rate", "Step-DPO: problem solve rate", "solve-rate", ("solve_rate",),
+                           labels={"solve_rate": "solve rate of the problem"}),)
     subsets = {"step_dpo": STEP_DPO_SUBSET, "prm": PRM_SUBSET}
 
     def __init__(self, config: StepDpoConfig, recipe):
