@@ -34,10 +34,12 @@ class Build:
 
     `Build(recipe, out)` without the checks is what a worker that was handed a checked build uses."""
 
-    def __init__(self, recipe: Recipe, out: str | Path):
+    def __init__(self, recipe: Recipe, out: str | Path, *, check: bool = False):
         self.recipe = recipe
         self.out = Path(out)
         self.synthesizer: Synthesizer = SYNTHESIZERS.get(recipe.synthesizer.kind)(recipe.synthesizer, recipe)
+        if check:  # the synthesizer's own options first: they explain a plan that cannot be made
+            self.synthesizer.check()
         self.shards: list[Shard] = self.synthesizer.plan()
         self.writer = DatasetWriter(out, self.synthesizer.schema, split=recipe.output.split, num_shards=len(self.shards))
         self.inputs = self.synthesizer.inputs()
@@ -56,8 +58,7 @@ class Build:
             from roost.engines import get_engine
 
             get_engine(recipe.model)
-        build = cls(recipe, out)
-        build.synthesizer.check()
+        build = cls(recipe, out, check=True)
         build.check_resumable()
         if say:
             for name, described in build.inputs.items():
