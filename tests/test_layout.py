@@ -1,7 +1,9 @@
 """Outputs made before roost's modules moved into packages resume after the move: the build's
 finished shard is kept as it was and the rest is built; the curation's stage cache is read, not
 recomputed, and gives the rows a fresh curation gives. The outputs were made by the code before
-the move (tests/data/made-before-the-layout-move/make.py says how)."""
+the move (tests/data/made-before-the-layout-move/make.py says how). The curation cache's keys hold
+roost's version (a new version recomputes, by design): bumping __version__ means making the
+curation fixture again with the version before the bump."""
 from __future__ import annotations
 
 import hashlib
