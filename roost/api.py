@@ -285,8 +285,7 @@ def run_build(rec: "Recipe", out: PathLike, *, run: Runner | None = None, verbos
 def run_curate(rec: "CurateRecipe", out: PathLike, *, run: Runner | None = None, verbose: bool = False,
                say: Say | None = None, progress: bool = True) -> dict:
     with held(out, verbose=verbose, say=say) as out_dir:
-        from roost.curation.runner import curate as curate_here
-        from roost.curation.runner import preflight
+        from roost.curation.runner import curate as curate_here, preflight
 
         preflight(rec, out_dir)  # user errors surface here, before Prefect and the models start
         if run is None:
@@ -330,7 +329,8 @@ def curate(source: "PathLike | Mapping | CurateRecipe", out: PathLike, *, recipe
     go to rejects/ with their stage and reason. `source`: the input (a roost output dir, Parquet,
     JSON Lines, hf://<id>) or a whole curation recipe (a .yaml path, a mapping, a CurateRecipe);
     `stages`: stage configs, mappings with `kind`, or kind names, in order; `options`: the stages'
-    flags, e.g. threshold=0.85, budget=1000 (see curate_recipe). Calling it again is a no-op when finished, and resumes from OUT/.cache when not."""
+    flags, e.g. threshold=0.85, budget=1000 (see curate_recipe). Calling it again is a no-op when
+    finished, and resumes from OUT/.cache when not."""
     rec = curate_recipe(source, recipe=recipe, stages=stages, split=split, embedding_model=embedding_model,
                         shard_size=shard_size, **options)
     manifest = run_curate(rec, out, verbose=verbose, progress=progress)

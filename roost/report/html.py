@@ -82,9 +82,10 @@ def render(summary: Summary, figs: dict[str, bytes]) -> str:
     env.filters["text"] = lambda value: "(none)" if value is None else value
     measures = _figure_measures(summary)
     items = []
+    named = titles()
     for stem, png in figs.items():
         width, height = _png_size(png)
-        items.append({"stem": stem, "title": titles()[stem], "caption": _caption(stem, summary),
+        items.append({"stem": stem, "title": named[stem], "caption": _caption(stem, summary),
                       "uri": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
                       "width": width, "height": height, "measures": measures.get(stem, [])})
     its = summary.iterations
@@ -98,8 +99,9 @@ def write_figures(out: Path, figs: dict[str, bytes]) -> dict[str, Path]:
     """The PNGs into OUT/report/figures/, replacing any a previous report made that no longer applies."""
     folder = figure_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
+    named = titles()
     for old in folder.glob("*.png"):
-        if old.stem in titles() and old.stem not in figs:
+        if old.stem in named and old.stem not in figs:
             old.unlink()
     paths = {}
     for stem, png in figs.items():

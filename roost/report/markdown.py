@@ -61,6 +61,7 @@ def card_markdown(summary: Summary, figure_paths: dict[str, str]) -> str:
                             [[it["iteration"], it["eval"]["value"], it["eval"].get("gain"),
                               *(it["eval"]["metrics"].get(m) for m in HELD_OUT)]
                              for it in summary.iterations if it.get("eval")])
+    named = titles()
     for name, path in figure_paths.items():
-        lines += [f"![{titles().get(name, name)}]({path})", ""]
+        lines += [f"![{named.get(name, name)}]({path})", ""]
     return "\n".join(lines).rstrip() + "\n"
