@@ -110,3 +110,14 @@ def test_the_plugins_declare_their_panels_without_loading_the_plotting_libraries
             "print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_an_option_no_stage_declares_is_one_line_naming_it(tmp_path):
+    from roost.api import curate_recipe
+    from roost.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^thresold: not an option of any stage \(options: .*threshold"):
+        curate_recipe(input=str(tmp_path / "rows.parquet"), thresold=0.8)
+    result = CliRunner().invoke(app, ["curate", str(tmp_path / "rows.parquet"), "--out", str(tmp_path / "o"),
+                                      "--thresold", "0.8"])
+    assert result.exit_code == 2 and "No such option" in result.output
